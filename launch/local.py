@@ -81,7 +81,7 @@ class Launcher:
                 log.write(line)
                 log.flush()
                 with self.print_lock:
-                    sys.stdout.write(f"[p{i}] {line}" if line.endswith("\n") else f"[p{i}] {line}\n")
+                    sys.stdout.write(f"[p{i}] {line.rstrip(chr(10))}\n")
                     sys.stdout.flush()
         proc.stdout.close()
 

@@ -1,5 +1,6 @@
 """launch/local.py: N real JAX processes on CPU that see one 8-device system."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,8 +13,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "launch" / "local.py"
 
-sys.path.insert(0, str(ROOT / "launch"))
-import local  # noqa: E402
+
+def _load(name):
+    """launch/ holds scripts, not a package: load one under a unique module name."""
+    path = ROOT / "launch" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+local = _load("local")
 
 
 def _launch(tmp_path, *args, timeout=120):
@@ -126,3 +137,69 @@ def test_missing_command_is_an_error(tmp_path):
 ])
 def test_device_count_flag_is_replaced(flags, expected):
     assert local.with_device_count(flags, 4) == expected
+
+
+def test_sigint_is_forwarded_to_every_process(tmp_path):
+    import signal
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    script = textwrap.dedent(f"""
+        import os, time
+        with open({str(tmp_path)!r} + f"/pid{{os.environ['REASON_JAX_PROCESS_ID']}}", "w") as f:
+            f.write(str(os.getpid()))
+        print("ready", flush=True)
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, str(LOCAL), "--num-processes", "2", "--log-dir", str(tmp_path / "logs"),
+         "--", "python", "-c", script],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = set()
+        while len(ready) < 2:
+            line = proc.stdout.readline()
+            assert line, "launcher ended early"
+            if line.strip().endswith("ready"):
+                ready.add(line.split()[0])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pids = [int((tmp_path / f"pid{i}").read_text()) for i in range(2)]
+    assert not any(_alive(p) for p in pids)
+
+
+# ----------------------------------------------------------------------------- initialize() paths
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    from reason_jax.sharding import distributed
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
+                 distributed.ENV_PROCESS_ID, distributed.ENV_DISTRIBUTED,
+                 *distributed._TPU_ENV_VARS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "_initialized", False)
+    return distributed
+
+
+def test_initialize_is_a_no_op_for_a_single_process(clean_env, monkeypatch):
+    monkeypatch.setattr(clean_env, "on_cloud_tpu", lambda: False)
+    assert clean_env.initialize() is False
+    assert clean_env.is_main_process()
+
+
+def test_initialize_can_be_turned_off_on_tpu(clean_env, monkeypatch):
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-32")
+    assert clean_env.on_cloud_tpu()
+    monkeypatch.setenv(clean_env.ENV_DISTRIBUTED, "0")
+    assert clean_env.initialize() is False
+
+
+def test_initialize_needs_the_whole_coordinator_triple(clean_env, monkeypatch):
+    monkeypatch.setenv(clean_env.ENV_COORDINATOR, "127.0.0.1:1234")
+    with pytest.raises(ValueError, match="without num_processes/process_id"):
+        clean_env.initialize()
+    monkeypatch.setenv(clean_env.ENV_NUM_PROCESSES, "two")
+    monkeypatch.setenv(clean_env.ENV_PROCESS_ID, "0")
+    with pytest.raises(ValueError, match="REASON_JAX_NUM_PROCESSES must be an integer"):
+        clean_env.initialize()

@@ -177,11 +177,19 @@ def load_jsonl(
     skip_bad_rows: bool = False,
     limit: int | None = None,
 ) -> PromptDataset:
-    """Read a JSON-lines file (optionally ``.gz``); blank lines are ignored. See :func:`load_prompts`."""
+    """Read a JSON-lines file (optionally ``.gz``); blank lines are ignored.
+
+    A file whose first character is ``[`` is read as one JSON array of rows instead.
+    See :func:`load_prompts` for the arguments.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
     convert = _RowConverter(prompt_field, answer_field, required_fields, prompt_template)
+    with _open_text(path) as f:
+        head = f.read(4096).lstrip()
+    if head.startswith("["):
+        return _load_json_array(path, convert, skip_bad_rows, limit)
     collect = _Collector(path, convert, skip_bad_rows, "line")
     with _open_text(path) as f:
         for line_no, line in enumerate(f, start=1):
@@ -195,6 +203,24 @@ def load_jsonl(
             collect.add(line_no, row)
             if limit is not None and len(collect.records) >= limit:
                 break
+    return collect.finish(limit)
+
+
+def _load_json_array(
+    path: Path, convert: _RowConverter, skip_bad_rows: bool, limit: int | None
+) -> PromptDataset:
+    """A ``.json`` file holding one array of row objects (rows numbered from 1)."""
+    with _open_text(path) as f:
+        try:
+            rows = json.load(f)
+        except json.JSONDecodeError as e:
+            # The whole file is one document, so nothing can be skipped.
+            raise BadRowError(path, e.lineno, f"invalid JSON ({e.msg} at column {e.colno})") from e
+    collect = _Collector(path, convert, skip_bad_rows, "row")
+    for row_no, row in enumerate(rows, start=1):
+        collect.add(row_no, row)
+        if limit is not None and len(collect.records) >= limit:
+            break
     return collect.finish(limit)
 
 
@@ -240,7 +266,7 @@ def load_prompts(
     skip_bad_rows: bool = False,
     limit: int | None = None,
 ) -> PromptDataset:
-    """Load prompt records from ``.jsonl`` / ``.jsonl.gz`` / ``.json`` (JSON lines) or ``.parquet``.
+    """Load prompt records from ``.jsonl`` / ``.jsonl.gz`` / ``.json`` or ``.parquet``.
 
     Args:
         path: the file.

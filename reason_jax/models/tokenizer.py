@@ -158,8 +158,8 @@ class HFTokenizer:
 
     - ``eos_ids``: the union, in this order, of ``generation_config.json`` ``eos_token_id``
       (what HF ``generate`` stops on; a list for chat models), ``tokenizer_config.json``
-      ``eos_token`` and ``config.json`` ``eos_token_id``; else the first known end token found
-      in the vocabulary (:data:`KNOWN_EOS_TOKENS`).
+      ``eos_token`` and ``config.json`` ``eos_token_id``; else every known end token
+      (:data:`KNOWN_EOS_TOKENS`) the vocabulary has.
     - ``pad_id``: ``tokenizer_config.json`` ``pad_token``, then ``pad_token_id`` in
       ``generation_config.json`` / ``config.json``, then a known pad token, then the first EOS.
     - ``bos_id``: ``tokenizer_config.json`` ``bos_token`` when that key exists (Qwen sets it to
@@ -234,9 +234,9 @@ class HFTokenizer:
             found.append(tid)
         found += _as_id_list(model_cfg.get("eos_token_id"))
         if not found:
-            tid = self._first_known(KNOWN_EOS_TOKENS)
-            if tid is not None:
-                found.append(tid)
+            # Without configs we cannot tell a chat model from a base model, so stop on every
+            # known end token the vocabulary has.
+            found = [tid for tid in map(self._token_id, KNOWN_EOS_TOKENS) if tid is not None]
         return tuple(dict.fromkeys(found))  # de-duplicate, keep order
 
     def _resolve_bos(self, tok_cfg, gen_cfg, model_cfg) -> int | None:

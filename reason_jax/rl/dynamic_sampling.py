@@ -69,7 +69,8 @@ class GroupAccumulator:
         self.groups_kept += int(keep_B.sum())
         self.groups_dropped += int((~keep_B).sum())
         if keep_B.any():
-            self._parts.append(jax.tree.map(lambda x: _take_rows(x, rows_N), rollouts, is_leaf=_is_list))
+            kept = jax.tree.map(lambda x: _take_rows(x, rows_N), rollouts, is_leaf=_is_list)
+            self._parts.append(kept)
         if not self.full and self.gen_batches >= self.max_gen_batches:
             raise DynamicSamplingError(
                 f"dynamic sampling kept {self.groups_kept} of the {self.target_groups} groups "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import flax.struct
 
@@ -64,7 +63,8 @@ class TrainState:
 
 def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
     """Jittable (use jax.jit(..., out_shardings=train_state_shardings(...)) for sharded init)."""
-    return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32))
+    step = jnp.zeros((), jnp.int32)
+    return TrainState(params=params, opt_state=optimizer.init(params), step=step)
 
 
 def train_state_shardings(params, optimizer, params_shardings) -> TrainState:
@@ -168,6 +168,8 @@ def make_train_step(
         return total_num / normaliser, sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    sum_keys = ["tokens", "clip_low", "clip_high", "clip_dual", "ratio_sum", "ratio_max"]
+    sum_keys += ["pg_num", "entropy_sum"] + (["kl_sum"] if use_kl else [])
 
     def update(carry, minibatch):
         params, opt_state, step = carry
@@ -176,24 +178,19 @@ def make_train_step(
         def accumulate(acc, micro):
             grads_acc, loss_acc, sums_acc = acc
             (loss, sums), grads = grad_fn(params, constrain(micro), normaliser)
-            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-            sums_acc = None if sums_acc is None else combine_sums(sums_acc, sums)
+            grads_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grads_acc, grads)
+            sums_acc = combine_sums(sums_acc, sums)
             return (grads_acc, loss_acc + loss, sums_acc), None
 
         micros = jax.tree.map(lambda x: split_rows(x, micro_batches), minibatch)
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        # The metric sums' structure is only known by tracing once; take it from eval_shape.
-        sums_shape = jax.eval_shape(
-            lambda: micro_loss(params, jax.tree.map(lambda x: x[0], micros), normaliser)[1]
-        )
-        sums0 = {
-            k: jnp.zeros(v.shape, v.dtype) for k, v in sums_shape.items()
-        }
+        # float32 accumulators: summing C bfloat16 gradients would round at every add.
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        sums0 = {k: jnp.zeros((), jnp.float32) for k in sum_keys}
         (grads, loss, sums), _ = jax.lax.scan(
             accumulate, (zeros, jnp.zeros((), jnp.float32), sums0), micros
         )
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)

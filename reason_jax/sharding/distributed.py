@@ -113,9 +113,8 @@ def _use_gloo_on_cpu() -> None:
     platforms = os.environ.get("JAX_PLATFORMS") or jax.config.values.get("jax_platforms") or ""
     if platforms and "cpu" not in platforms.split(","):
         return
-    name = "jax_cpu_collectives_implementation"  # jax >= 0.4.3x; older: jax_cpu_enable_gloo_collectives
-    if name in jax.config.values:
-        jax.config.update(name, "gloo")
+    if "jax_cpu_collectives_implementation" in jax.config.values:  # the default in new jax
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     elif "jax_cpu_enable_gloo_collectives" in jax.config.values:
         jax.config.update("jax_cpu_enable_gloo_collectives", True)
 

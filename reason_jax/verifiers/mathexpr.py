@@ -35,10 +35,11 @@ _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": "*", "\u22c5": "*", "\u00b7"
             "\u2009": " ", "\u00a0": " ", "\u202f": " "}
 _DROP = ("\\left", "\\right", "\\displaystyle", "\\textstyle", "\\bigl", "\\bigr", "\\Bigl",
          "\\Bigr", "\\big", "\\Big", "\\!", "\\,", "\\;", "\\:", "\\ ", "\\quad", "\\qquad",
-         "\\(", "\\)", "\\[", "\\]", "$", "^\\circ", "^{\\circ}", "\\circ", "\\%", "%", "\\$",
-         "~")
+         "\\(", "\\)", "\\[", "\\]", "\\$", "$", "^\\circ", "^{\\circ}", "\\circ", "\\%", "%", "~")
 _TEXT_CMDS = ("\\text", "\\textbf", "\\textrm", "\\mathrm", "\\mbox", "\\mathbf", "\\operatorname")
-_UNIT_RE = re.compile(r"^([-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+))\s*((?:[a-zA-Z]+\.?(?:\^?\d)?\s*)+)$")
+# Written without nested quantifiers over the same characters (no catastrophic backtracking).
+_UNIT_RE = re.compile(r"^([-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+))\s*"
+                      r"([a-zA-Z]+\.?(?:\^?\d)?(?:\s+[a-zA-Z]+\.?(?:\^?\d)?)*)\s*$")
 _THOUSANDS_RE = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])")
 _ASSIGN_RE = re.compile(r"^[a-zA-Z](?:_\w+)?\s*=([^=]*)$")
 
@@ -122,6 +123,7 @@ def normalize(answer: str) -> str:
     for k, v in _UNICODE.items():
         s = s.replace(k, v)
     s = s.strip()
+    s = s.replace("{,}", ",")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     for d in _DROP:
         s = s.replace(d, " " if d.startswith("\\") and d[1:2].isalpha() else "")

@@ -1,0 +1,5 @@
+import sys
+
+from reason_jax.cli import main
+
+sys.exit(main())

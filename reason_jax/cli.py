@@ -1,0 +1,186 @@
+"""`reason-jax` command line (also `python -m reason_jax`).
+
+  train      RL training (no --config: the built-in CPU recipe, SFT cold start then DAPO)
+  sft        supervised warm start only
+  eval       pass@1 / pass@k / maj@k on held-out prompts -> WORKDIR/eval.json
+  sample     print completions of the latest checkpoint for a prompt
+  import-hf  HF config.json + safetensors -> reason-jax checkpoint
+  export-hf  reason-jax checkpoint -> HF safetensors + config.json
+  bench      sampler | train-step | rl-step: one JSON object of measurements
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from reason_jax.sharding import distributed
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None,
+                   help="configs/NAME.py[:VARIANT]; default: the built-in countdown recipe")
+    p.add_argument("--workdir", default=None, help="run directory (checkpoints, metrics)")
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pull `--config.KEY=VALUE` (or `--config.KEY VALUE`) out of argv."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--config."):
+            body = a[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"error: {a} needs a value")
+                body = f"{body}={argv[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(a)
+        i += 1
+    return rest, overrides
+
+
+def _load(args, overrides):
+    from reason_jax.train.config_loading import ConfigError, load_config
+
+    try:
+        return load_config(args.config, overrides)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}")
+
+
+def _workdir(args, default="runs/countdown") -> str:
+    return args.workdir or default
+
+
+def cmd_train(args, overrides):
+    from reason_jax.train.config_loading import ConfigError
+    from reason_jax.train.loop import train
+
+    cfg = _load(args, overrides)
+    try:
+        summary = train(cfg, _workdir(args))
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}")
+    keys = ("step", "reward/mean", "accuracy", "response_length/mean", "time/step_s")
+    print(json.dumps({k: summary.get(k) for k in keys if k in summary}))
+
+
+def cmd_sft(args, overrides):
+    from reason_jax.train.standalone import sft_only
+
+    cfg = _load(args, overrides)
+    print(json.dumps(sft_only(cfg, _workdir(args))))
+
+
+def cmd_eval(args, overrides):
+    from reason_jax.eval.run import evaluate
+
+    cfg = _load(args, overrides)
+    out = evaluate(cfg, _workdir(args), step=args.step)
+    print(json.dumps(out, indent=2))
+
+
+def cmd_sample(args, overrides):
+    from reason_jax.eval.run import sample
+
+    cfg = _load(args, overrides)
+    for text in sample(cfg, _workdir(args), args.prompt, n=args.n,
+                       temperature=args.temperature, max_new_tokens=args.max_new_tokens):
+        print(text)
+
+
+def cmd_import_hf(args, overrides):
+    from reason_jax.train.hf_commands import import_hf
+
+    info = import_hf(args.src, args.out, dtype=args.dtype)
+    print(json.dumps(info))
+
+
+def cmd_export_hf(args, overrides):
+    from reason_jax.train.hf_commands import export_hf_cmd
+
+    info = export_hf_cmd(args.workdir_or_dir, args.out, dtype=args.dtype, step=args.step)
+    print(json.dumps(info))
+
+
+def cmd_bench(args, overrides):
+    from reason_jax import bench
+
+    result = bench.run(args.what, args, overrides)
+    print(json.dumps(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reason-jax",
+        description="JAX-native RL from verifiable rewards (GRPO/DAPO) for reasoning models.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="RL training (default: CPU countdown recipe); resumes")
+    _config_args(t)
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sft", help="supervised warm start on gold answers")
+    _config_args(s)
+    s.set_defaults(fn=cmd_sft)
+
+    e = sub.add_parser("eval", help="pass@1 / pass@k / maj@k -> WORKDIR/eval.json")
+    _config_args(e)
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    e.set_defaults(fn=cmd_eval)
+
+    sa = sub.add_parser("sample", help="print completions for a prompt")
+    _config_args(sa)
+    sa.add_argument("--prompt", required=True)
+    sa.add_argument("-n", type=int, default=4)
+    sa.add_argument("--temperature", type=float, default=1.0)
+    sa.add_argument("--max-new-tokens", type=int, default=None)
+    sa.set_defaults(fn=cmd_sample)
+
+    i = sub.add_parser("import-hf", help="HF config.json + safetensors -> checkpoint")
+    i.add_argument("src")
+    i.add_argument("out")
+    i.add_argument("--dtype", default="float32", help="parameter dtype to store")
+    i.set_defaults(fn=cmd_import_hf)
+
+    x = sub.add_parser("export-hf", help="checkpoint -> HF safetensors + config.json")
+    x.add_argument("workdir_or_dir")
+    x.add_argument("out")
+    x.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    x.add_argument("--step", type=int, default=None)
+    x.set_defaults(fn=cmd_export_hf)
+
+    b = sub.add_parser("bench", help="benchmarks: sampler | train-step | rl-step (JSON out)")
+    b.add_argument("what", choices=("sampler", "train-step", "rl-step"))
+    _config_args(b)
+    b.add_argument("--dry-run", action="store_true",
+                   help="train-step: print per-device memory estimates without running")
+    b.add_argument("--no-hf", action="store_true", help="sampler: skip the transformers baseline")
+    b.add_argument("--iters", type=int, default=3)
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if overrides and args.command in ("import-hf", "export-hf"):
+        raise SystemExit(f"error: {args.command} takes no --config.* overrides")
+    distributed.initialize()  # once, at the entry point (no-op on a single host)
+    args.fn(args, overrides)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The schema of every run config, with the built-in recipe's values as defaults.
+
+Every key a config may set exists here; experiment files (`configs/*.py`) start from
+`base_config()` and change values, so a misspelt key is always an error (the config is
+locked before overrides are applied). The defaults are the CPU smoke recipe: SFT cold start
+then DAPO on countdown with the tiny built-in Llama.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.steps = 60  # RL steps
+    c.time_budget_s = 0.0  # stop RL (after a checkpoint) once this much wall time passed; 0 = off
+
+    c.model = ml_collections.ConfigDict()
+    c.model.init_from = ""  # an `import-hf` output dir; empty: the built-in tiny model
+    c.model.dim = 128
+    c.model.num_layers = 2
+    c.model.num_heads = 4
+    c.model.num_kv_heads = 2
+    c.model.head_dim = 32
+    c.model.mlp_dim = 384
+    c.model.param_dtype = "float32"
+    c.model.dtype = "float32"
+    c.model.remat = False
+
+    c.data = ml_collections.ConfigDict()
+    c.data.task = "countdown"  # countdown | jsonl | parquet | seqio
+    c.data.path = ""
+    c.data.eval_path = ""
+    c.data.prompt_field = "prompt"
+    c.data.answer_field = "answer"
+    c.data.prompt_template = "{prompt}"
+    c.data.skip_bad_rows = False
+    c.data.seqio_task = ""
+    c.data.tokenizer = ""  # empty: the task's own (countdown ships a SentencePiece model)
+    c.data.buckets = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    c.data.shuffle = True
+
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.batch_size = 32  # prompts per generation batch (B)
+    c.rollout.group_size = 8  # G
+    c.rollout.max_new_tokens = 16
+    c.rollout.temperature = 1.0
+    c.rollout.top_k = 0  # 0: off
+    c.rollout.top_p = 1.0
+
+    c.verifier = ml_collections.ConfigDict()
+    c.verifier.name = "countdown"
+    c.verifier.timeout_s = 5.0
+    c.verifier.num_workers = 2
+    c.verifier.format_reward = 0.0
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.algo = "dapo"  # grpo | dapo | drgrpo | gspo: a preset; keys below override it
+    c.rl.clip_low = 0.2
+    c.rl.clip_high = 0.28
+    c.rl.dual_clip = ml_collections.config_dict.placeholder(float)  # None: off
+    c.rl.agg = "token-mean"
+    c.rl.level = "token"
+    c.rl.std = "unbiased"  # group advantage normalisation: unbiased | biased | none
+    c.rl.adv_eps = 1e-6
+    c.rl.beta = 0.0  # KL coefficient; 0 means no reference model at all
+    c.rl.kl_kind = "k3"
+    c.rl.entropy_coef = 0.0
+    c.rl.overlong_shaping = False
+    c.rl.overlong_cache_len = 4  # soft-penalty window before max_new_tokens (tokens)
+    c.rl.overlong_factor = 1.0
+    c.rl.overlong_filter = False
+    c.rl.dynamic_sampling = True
+    c.rl.max_gen_batches = 4
+    c.rl.ppo_epochs = 1
+    c.rl.num_minibatches = 1
+    c.rl.micro_batches = 1
+    c.rl.recompute_old_logp = False
+    c.rl.reward_correct = 1.0
+    c.rl.reward_incorrect = 0.0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 1e-4
+    c.optimizer.warmup_steps = 10
+    c.optimizer.schedule = "constant"  # constant | cosine
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.99
+    c.optimizer.grad_clip = 1.0
+
+    c.sft = ml_collections.ConfigDict()
+    c.sft.steps = 400  # cold start before RL when the workdir has no checkpoint; 0: skip
+    c.sft.batch_size = 128
+    c.sft.lr = 1e-3
+    c.sft.warmup_steps = 20
+    c.sft.schedule = "cosine"
+    c.sft.weight_decay = 0.0
+    c.sft.time_budget_s = 0.0  # 0: run all steps
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.dcn_data = 1
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 20
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_problems = 256
+    c.eval.k = 8
+    c.eval.temperature = 1.0
+    c.eval.top_p = 1.0
+    c.eval.batch_size = 64
+
+    c.log = ml_collections.ConfigDict()
+    c.log.plot_every = 10
+    c.log.tensorboard = True
+    c.log.progress = True
+    return c

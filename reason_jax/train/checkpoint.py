@@ -1,0 +1,138 @@
+"""Orbax checkpoints that resume exactly, and the model-only format of `import-hf`.
+
+A training checkpoint (`WORKDIR/checkpoints/<step>/`) holds two items:
+  * `state`: parameters and optimizer state (arrays, written collectively by all hosts);
+  * `meta`: JSON: step, phase (sft | rl), PRNG key data, the data iterator's state, the
+    resolved config, and counters the loop needs to continue bit-for-bit.
+Restoring takes abstract arrays carrying the *current* shardings, so a checkpoint written on
+one mesh restores onto another. A latest checkpoint that fails to restore (a process killed
+mid-write, a truncated file) is skipped with a warning and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG = "model_config.json"
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) describing `tree`, as restore targets."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+            cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
+        return self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(meta)), force=force)
+
+    def restore(self, abstract_state: Any, step: int | None = None):
+        """Return (step, state, meta) of the newest restorable checkpoint, or None."""
+        candidates = [step] if step is not None else self.steps()[::-1]
+        for s in candidates:
+            try:
+                out = self.manager.restore(
+                    s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                               meta=ocp.args.JsonRestore()))
+                return s, out["state"], out["meta"]
+            except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
+                if step is not None:
+                    raise
+                log.warning("checkpoint %d in %s cannot be restored (%s: %s); trying the "
+                            "previous one", s, self.directory, type(e).__name__,
+                            str(e).splitlines()[0][:200])
+        return None
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return out["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+# -- model-only checkpoints (import-hf output, or params pulled out of a workdir) -------------
+
+def save_model(out_dir: str, params: Any, model_config: dict[str, Any],
+               extra: dict[str, Any] | None = None) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(out_dir, "params"))
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, params)
+        ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, MODEL_CONFIG), "w") as f:
+            json.dump({**model_config, **({"extra": extra} if extra else {})}, f, indent=2)
+
+
+def read_model_config(path: str) -> dict[str, Any]:
+    cfg_path = os.path.join(path, MODEL_CONFIG)
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{path} has no {MODEL_CONFIG} (is it an import-hf output or a "
+                                f"reason-jax workdir?)")
+    with open(cfg_path) as f:
+        return json.load(f)
+
+
+def load_model_params(path: str, abstract_params: Any) -> Any:
+    """Params from an import-hf dir (`path/params`) or a workdir's latest checkpoint."""
+    params_dir = os.path.join(path, "params")
+    if os.path.isdir(params_dir):
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(os.path.abspath(params_dir), abstract_params)
+    ckpt_dir = os.path.join(path, "checkpoints")
+    if os.path.isdir(ckpt_dir):
+        mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "meta"))
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+                del meta
+                restored = mngr.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item={"params": abstract_params},
+                        restore_args=jax.tree.map(_restore_arg, {"params": abstract_params}),
+                        partial_restore=True)))
+                return restored["state"]["params"]
+            except Exception as e:  # noqa: BLE001
+                log.warning("checkpoint %d unreadable (%s); trying the previous one", step, e)
+        raise FileNotFoundError(f"no restorable checkpoint under {ckpt_dir}")
+    raise FileNotFoundError(f"{path} has neither params/ (import-hf output) nor checkpoints/")
+
+
+def _restore_arg(x):
+    return ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype) \
+        if getattr(x, "sharding", None) is not None else ocp.RestoreArgs(restore_type=np.ndarray)

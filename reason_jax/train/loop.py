@@ -1,0 +1,226 @@
+"""The RL training loop: rollout -> verify -> shape -> dynamic sampling -> advantages ->
+train step -> metrics -> checkpoint (../shared/DESIGN.md "One RL step, as data").
+
+What overlaps: JAX dispatch is asynchronous, so each train step is queued on the device while
+the host writes the previous step's metrics, plots and progress; Orbax writes checkpoints in
+a background thread; within a step, generation is one device call and detokenising plus
+verification run on the host in the verifier worker pool. Generation of step k+1 needs the
+parameters of step k, so rollout and training are not overlapped (that would be off-policy).
+
+Exact resume: per-step PRNG keys are `fold_in(seed key, step)`, the prompt iterator's state
+is in the checkpoint, and the SFT cold start is part of checkpoint 0, so the steps after a
+restart compute what an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from reason_jax import rl
+from reason_jax.data.pipeline import prompt_iterator
+from reason_jax.sharding import distributed
+from reason_jax.sharding.host_arrays import rows_sharding, to_global
+from reason_jax.sharding.mesh import make_mesh
+from reason_jax.train.checkpoint import Checkpointer, MODEL_CONFIG
+from reason_jax.train.config_loading import validate
+from reason_jax.train.metrics import MetricsWriter
+from reason_jax.train.policy import Policy, model_config_from_run
+from reason_jax.train.progress import Progress
+from reason_jax.train.rollout import collect, train_batch
+from reason_jax.train.sft import run_sft
+from reason_jax.train.task import build_task
+
+log = logging.getLogger(__name__)
+
+
+class _Preempted:
+    """SIGTERM (TPU preemption, a scheduler) -> finish the step, checkpoint, exit 0."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, *_):
+        self.flag = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+class Run:
+    """Everything a run needs, built once from the config."""
+
+    def __init__(self, cfg, workdir: str):
+        distributed.initialize()
+        validate(cfg, jax.device_count())
+        self.cfg = cfg
+        self.workdir = workdir
+        self.is_main = distributed.is_main_process()
+        os.makedirs(workdir, exist_ok=True)
+        self.mesh = make_mesh(dict(cfg.mesh))
+        self.task = build_task(cfg)
+        self.model_cfg = model_config_from_run(cfg, self.task.tokenizer.vocab_size)
+        self.policy = Policy(self.model_cfg, self.mesh)
+        r = cfg.rl
+        self.optimizer = rl.make_optimizer(
+            cfg.optimizer.lr, cfg.optimizer.warmup_steps, max(cfg.steps, 1),
+            cfg.optimizer.schedule, cfg.optimizer.weight_decay, cfg.optimizer.b1,
+            cfg.optimizer.b2, cfg.optimizer.grad_clip)
+        self.state_shardings = rl.train_state_shardings(
+            self.policy.abstract_params, self.optimizer, self.policy.train_shardings)
+        self.train_step = rl.make_train_step(
+            self.policy.apply_fn, self.optimizer,
+            ppo_epochs=r.ppo_epochs, num_minibatches=r.num_minibatches,
+            micro_batches=r.micro_batches, clip_low=r.clip_low, clip_high=r.clip_high,
+            dual_clip=r.dual_clip, agg=r.agg, level=r.level, beta=r.beta, kl_kind=r.kl_kind,
+            entropy_coef=r.entropy_coef, recompute_old_logp=r.recompute_old_logp,
+            state_shardings=self.state_shardings, batch_sharding=rows_sharding(self.mesh, 1))
+        self.ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep,
+                                 async_save=cfg.checkpoint.async_save)
+        self.ref_logp_fn = None
+        if r.beta > 0:  # only then does a reference policy exist at all
+            self.ref_logp_fn = jax.jit(rl.make_logprob_fn(self.policy.apply_fn,
+                                                          cfg.rollout.max_new_tokens))
+
+    def data_iter(self, batch_size: int, seed_offset: int = 0):
+        return prompt_iterator(self.task.train_source,
+                               batch_size=batch_size // jax.process_count(),
+                               seed=self.cfg.seed + seed_offset, shuffle=self.task.shuffle)
+
+    def new_state(self, params):
+        init = jax.jit(lambda p: rl.create_train_state(p, self.optimizer),
+                       out_shardings=self.state_shardings)
+        return init(params)
+
+    def initial_params(self):
+        if self.cfg.model.init_from:
+            return self.policy.load_params(self.cfg.model.init_from)
+        return self.policy.init_params(self.cfg.seed)
+
+    def meta(self, step, data_state, extra=None) -> dict:
+        return {"step": int(step), "phase": "rl", "data": data_state,
+                "seed": int(self.cfg.seed), "config": self.cfg.to_dict(), **(extra or {})}
+
+    def write_run_files(self):
+        if not self.is_main:
+            return
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            json.dump(self.cfg.to_dict(), f, indent=2, default=str)
+        with open(os.path.join(self.workdir, MODEL_CONFIG), "w") as f:
+            json.dump(self.model_cfg.to_dict(), f, indent=2)
+
+
+def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
+    """Run (or resume) RL training. `max_steps` stops early (tests, preemption drills)."""
+    run = Run(cfg, workdir)
+    run.write_run_files()
+    data_iter = run.data_iter(cfg.rollout.batch_size)
+    restored = run.ckpt.restore(jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)),
+        run.state_shardings))
+    metrics = MetricsWriter(workdir, enabled=run.is_main, tensorboard=cfg.log.tensorboard,
+                            plot_every=cfg.log.plot_every)
+    summary: dict[str, Any] = {}
+    if restored is not None:
+        start, state, meta = restored
+        data_iter.set_state(meta["data"])
+        metrics.truncate_after(start)
+        log.info("resumed from step %d", start)
+    else:
+        params = run.initial_params()
+        if cfg.sft.steps > 0 and run.task.gold_text is not None:
+            sft_iter = run.data_iter(cfg.sft.batch_size, seed_offset=1)
+            prog = Progress(cfg.sft.steps, "sft", enabled=run.is_main and cfg.log.progress)
+            params, sft_stats = run_sft(run.task, cfg, run.policy, params, run.mesh, sft_iter,
+                                        progress=prog)
+            prog.close()
+            summary.update(sft_stats)
+        state = run.new_state(params)
+        start = 0
+        run.ckpt.save(0, state, run.meta(0, data_iter.get_state(), {"sft": summary}),
+                      force=True)
+    end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
+    base_key = jax.random.key(cfg.seed)
+    progress = Progress(cfg.steps, "rl", enabled=run.is_main and cfg.log.progress)
+    t_run = time.perf_counter()
+    step = start
+    with _Preempted() as preempt, _verifier_pool(cfg) as pool:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            rollout_params, reshard_s = run.policy.to_rollout(state.params)
+            rows, stats = collect(run.task, cfg, (run.policy.graphdef, rollout_params),
+                                  data_iter, pool, jax.random.fold_in(base_key, step), run.mesh)
+            del rollout_params
+            batch = to_global(train_batch(cfg, rows), run.mesh)
+            if run.ref_logp_fn is not None:
+                batch["ref_logp_NT"] = _ref(run, batch)
+            t1 = time.perf_counter()
+            state, m = run.train_step(state, batch)
+            m = jax.device_get(m)
+            t2 = time.perf_counter()
+            row = {"step": step + 1, **stats, **{k: _scalar(v) for k, v in m.items()}}
+            row["time/train_s"] = t2 - t1
+            row["time/reshard_s"] = reshard_s
+            row["time/step_s"] = t2 - t0
+            row["throughput/rollout_tokens_per_s"] = stats["rollout_tokens"] / max(
+                stats["time/rollout_s"], 1e-9)
+            metrics.write(step + 1, row)
+            progress.update(step + 1, reward=row["reward/mean"], acc=row["accuracy"],
+                            **{"tok/s": row["throughput/rollout_tokens_per_s"]})
+            summary = row
+            done = step + 1 == end
+            over_budget = cfg.time_budget_s and time.perf_counter() - t_run > cfg.time_budget_s
+            if (step + 1) % cfg.checkpoint.every == 0 or done or preempt.flag or over_budget:
+                run.ckpt.save(step + 1, state, run.meta(step + 1, data_iter.get_state()),
+                              force=True)
+            if preempt.flag or over_budget:
+                log.warning("stopping after step %d (%s); checkpoint saved", step + 1,
+                            "SIGTERM" if preempt.flag else "time budget")
+                break
+    progress.close()
+    run.ckpt.close()
+    metrics.close()
+    return summary
+
+
+def _ref(run: Run, batch):
+    """Reference log-probs under the initial policy (loaded once, only when beta > 0)."""
+    if not hasattr(run, "ref_params"):
+        run.ref_params = run.initial_params()
+    return run.ref_logp_fn(run.ref_params, batch)
+
+
+class _verifier_pool:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __enter__(self):
+        from reason_jax.verifiers import VerifierPool
+
+        self.pool = VerifierPool(self.cfg.verifier.num_workers)
+        return self.pool
+
+    def __exit__(self, *exc):
+        self.pool.close()
+
+
+def _scalar(v):
+    v = np.asarray(v)
+    return v.item() if v.size == 1 else v.tolist()

@@ -1,0 +1,152 @@
+"""One RL step's data: generate -> detokenize -> verify -> shape -> dynamic sampling -> batch.
+
+Host-side work (detokenising, the verifier pool) runs per generation batch; the sampler
+itself is one jitted device call. Dimensions: B prompts, G group, N = B*G, S prompt bucket,
+T max_new_tokens, L = S + T.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from reason_jax import rl
+from reason_jax.sampling import generate
+from reason_jax.sharding.host_arrays import to_global, to_local
+from reason_jax.train.task import Task, decode_completions, encode_prompts
+
+
+def generate_batch(task: Task, cfg, rollout_model, records, key, mesh):
+    """Sample G completions for each record; returns host (numpy) arrays of this process."""
+    ro = cfg.rollout
+    tokens_BS, lengths_B = encode_prompts(task, records)
+    from reason_jax.sampling.sampler import bucket_for
+
+    S = bucket_for(tokens_BS.shape[1], cfg.data.buckets)
+    if S != tokens_BS.shape[1]:
+        tokens_BS = np.pad(tokens_BS, ((0, 0), (0, S - tokens_BS.shape[1])),
+                           constant_values=task.tokenizer.pad_id)
+    g_tokens, g_lengths = to_global((tokens_BS, lengths_B), mesh)
+    out = generate(rollout_model, g_tokens, g_lengths, group_size=ro.group_size,
+                   max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
+                   top_k=ro.top_k or None, top_p=ro.top_p if ro.top_p < 1 else None,
+                   eos_ids=task.tokenizer.eos_ids, seed=key, pad_id=task.tokenizer.pad_id,
+                   buckets=cfg.data.buckets)
+    host = to_local({"tokens": out.tokens, "logprobs": out.logprobs, "mask": out.mask,
+                     "lengths": out.lengths, "truncated": out.truncated,
+                     "prompt_tokens": out.prompt_tokens, "prompt_valid": out.prompt_valid})
+    return host
+
+
+def score_batch(task: Task, cfg, pool, host, records):
+    """Verifier rewards + overlong shaping for one generation batch (this host's rows)."""
+    G = cfg.rollout.group_size
+    r = cfg.rl
+    completions = decode_completions(task, host["tokens"], host["lengths"], host["truncated"])
+    records_N = [rec for rec in records for _ in range(G)]
+    result = pool.score(task.verifier, completions, records_N, timeout_s=cfg.verifier.timeout_s,
+                        correct_reward=r.reward_correct, wrong_reward=r.reward_incorrect,
+                        format_reward=cfg.verifier.format_reward)
+    rewards_N = np.asarray(result.rewards, np.float32)
+    if r.overlong_shaping:
+        rewards_N = rewards_N + np.asarray(rl.overlong_penalty(
+            host["lengths"], max_len=cfg.rollout.max_new_tokens,
+            cache_len=r.overlong_cache_len, factor=r.overlong_factor), np.float32)
+    accuracy_N = np.asarray([info["status"] == "ok" for info in result.infos], np.float32)
+    host = dict(host, rewards=rewards_N, accuracy=accuracy_N, completions=completions)
+    return host, result.status_counts
+
+
+def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
+    """Generation batches until the training batch has B informative groups.
+
+    Returns (rows dict, stats). Metrics in stats describe *all* generated samples of the
+    step (an unbiased view of the policy), not only the kept groups.
+    """
+    r = cfg.rl
+    B_local = cfg.rollout.batch_size // jax.process_count()
+    acc = rl.GroupAccumulator(B_local, cfg.rollout.group_size,
+                              r.max_gen_batches if r.dynamic_sampling else 1)
+    stats = {"time/rollout_s": 0.0, "time/verify_s": 0.0}
+    seen: dict[str, list] = {"rewards": [], "accuracy": [], "lengths": [], "truncated": []}
+    status_counts: dict[str, int] = {}
+    gen_tokens = 0
+    i = 0
+    while True:
+        records = next(data_iter)
+        t0 = time.perf_counter()
+        host = generate_batch(task, cfg, rollout_model, records, jax.random.fold_in(step_key, i),
+                              mesh)
+        t1 = time.perf_counter()
+        host, counts = score_batch(task, cfg, pool, host, records)
+        t2 = time.perf_counter()
+        stats["time/rollout_s"] += t1 - t0
+        stats["time/verify_s"] += t2 - t1
+        gen_tokens += int(host["lengths"].sum())
+        for k in seen:
+            seen[k].append(host[k])
+        for k, v in counts.items():
+            status_counts[k] = status_counts.get(k, 0) + int(v)
+        i += 1
+        if not r.dynamic_sampling:
+            rows = host
+            stats["dynamic_sampling/gen_batches"] = 1
+            break
+        acc.add(host, host["accuracy"]) if not acc.full else None
+        if _all_hosts(acc.full):
+            rows, ds = acc.take()
+            stats.update(ds)
+            break
+    cat = {k: np.concatenate(v) for k, v in seen.items()}
+    stats.update({
+        "reward/mean": float(cat["rewards"].mean()),
+        "reward/std": float(cat["rewards"].std()),
+        "accuracy": float(cat["accuracy"].mean()),
+        "response_length/mean": float(cat["lengths"].mean()),
+        "response_length/max": float(cat["lengths"].max()),
+        "truncated_frac": float(cat["truncated"].mean()),
+        "rollout_tokens": gen_tokens,
+    })
+    for k, v in status_counts.items():
+        stats[f"verifier/{k}"] = v
+    return rows, stats
+
+
+def _all_hosts(flag: bool) -> bool:
+    """Every host must run the same number of (collective) generation calls."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def train_batch(cfg, rows) -> dict[str, np.ndarray]:
+    """Host rows -> the train step's batch layout (prompt left-padded, then completion)."""
+    r = cfg.rl
+    G = cfg.rollout.group_size
+    adv_N = np.asarray(rl.group_advantages(rows["rewards"], G, std=r.std, eps=r.adv_eps),
+                       np.float32)
+    prompt_valid_NS = rows["prompt_valid"].astype(bool)
+    mask_NT = rows["mask"].astype(bool)
+    if r.overlong_filter:
+        mask_NT = mask_NT & ~rows["truncated"][:, None].astype(bool)
+    S = prompt_valid_NS.shape[1]
+    T = mask_NT.shape[1]
+    prompt_len_N = prompt_valid_NS.sum(1)
+    positions_NS = np.maximum(np.cumsum(prompt_valid_NS, 1) - 1, 0)
+    positions_NT = prompt_len_N[:, None] + np.arange(T)[None, :]
+    batch = {
+        "tokens_NL": np.concatenate([rows["prompt_tokens"], rows["tokens"]], 1).astype(np.int32),
+        "positions_NL": np.concatenate([positions_NS, positions_NT], 1).astype(np.int32),
+        "valid_NL": np.concatenate([prompt_valid_NS, rows["mask"].astype(bool)], 1),
+        "mask_NT": mask_NT.astype(np.float32),
+        "adv_N": adv_N,
+    }
+    if not r.recompute_old_logp:
+        batch["old_logp_NT"] = rows["logprobs"].astype(np.float32)
+    del S
+    return batch

@@ -1,0 +1,97 @@
+"""Supervised cold start: teach the policy the answer format from gold solutions.
+
+RL needs a policy that already sometimes succeeds (../shared/NOTES-countdown.md: pass@8
+near 0 never learns), so the default recipe starts with a short SFT on generated gold
+answers. Same row layout as RL (prompt left-padded to a bucket, then the target, EOS and
+padding), token-mean cross-entropy over target tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from reason_jax.rl.optimizer import make_optimizer
+from reason_jax.sampling.sampler import bucket_for
+from reason_jax.sharding.host_arrays import to_global
+from reason_jax.train.task import Task
+
+
+def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets) -> dict:
+    tok = task.tokenizer
+    prompts = [tok.encode(task.prompt_text(r)) for r in records]
+    targets = [tok.encode(task.gold_text(r, rng))[: T - 1] + [tok.eos_ids[0]] for r in records]
+    S = bucket_for(max(len(p) for p in prompts), buckets)
+    N = len(records)
+    tokens = np.full((N, S + T), tok.pad_id, np.int32)
+    valid = np.zeros((N, S + T), bool)
+    positions = np.zeros((N, S + T), np.int32)
+    mask = np.zeros((N, T), np.float32)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        tokens[i, S - len(p): S] = p
+        tokens[i, S: S + len(t)] = t
+        valid[i, S - len(p): S + len(t)] = True
+        positions[i, S - len(p): S + len(t)] = np.arange(len(p) + len(t))
+        mask[i, : len(t)] = 1.0
+    return {"tokens_NL": tokens, "positions_NL": positions, "valid_NL": valid, "mask_NT": mask}
+
+
+def make_sft_step(policy, optimizer, T: int, mesh):
+    def loss_fn(params, batch):
+        logits_NLV = policy.apply_fn(params, batch["tokens_NL"], batch["positions_NL"],
+                                     batch["valid_NL"])
+        S = batch["tokens_NL"].shape[1] - T
+        logits_NTV = logits_NLV[:, S - 1: S - 1 + T]
+        logp_NTV = jax.nn.log_softmax(logits_NTV, -1)
+        tgt_NT = batch["tokens_NL"][:, S:]
+        nll_NT = -jnp.take_along_axis(logp_NTV, tgt_NT[..., None], -1)[..., 0]
+        mask = batch["mask_NT"]
+        return jnp.sum(nll_NT * mask) / jnp.maximum(mask.sum(), 1.0)
+
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        new_params = optax.apply_updates(params, updates)
+        params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params)
+        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    # Parameters keep the training layout; optimizer moments follow by propagation.
+    return jax.jit(step, donate_argnums=(0, 1),
+                   out_shardings=(policy.train_shardings, None, None))
+
+
+def run_sft(task: Task, cfg, policy, params, mesh, data_iter, *, log=None, progress=None):
+    """Train `cfg.sft.steps` steps (or until `sft.time_budget_s`); returns new params."""
+    s = cfg.sft
+    if task.gold_text is None:
+        raise ValueError(f"task {task.name!r} has no gold answers for SFT; set sft.steps=0 or "
+                         f"give data.answer_field")
+    optimizer = make_optimizer(s.lr, s.warmup_steps, max(s.steps, 1), s.schedule,
+                               s.weight_decay, 0.9, 0.99, 1.0)
+    opt_state = jax.jit(optimizer.init)(params)
+    step_fn = make_sft_step(policy, optimizer, cfg.rollout.max_new_tokens, mesh)
+    rng = np.random.default_rng([cfg.seed, 7])
+    t0 = time.perf_counter()
+    last = {}
+    for i in range(s.steps):
+        records = []
+        while len(records) < s.batch_size // jax.process_count():
+            records.extend(next(data_iter))
+        records = records[: s.batch_size // jax.process_count()]
+        rows = sft_rows(task, records, rng, cfg.rollout.max_new_tokens, cfg.data.buckets)
+        batch = to_global(rows, mesh)
+        params, opt_state, m = step_fn(params, opt_state, batch)
+        if progress is not None and (i % 10 == 0 or i == s.steps - 1):
+            last = {k: float(v) for k, v in m.items()}
+            progress.update(i + 1, loss=last["loss"])
+        if s.time_budget_s and time.perf_counter() - t0 > s.time_budget_s:
+            break
+    jax.block_until_ready(params)
+    return params, {"sft/steps": i + 1 if s.steps else 0, "sft/time_s": time.perf_counter() - t0,
+                    **{f"sft/{k}": v for k, v in last.items()}}

@@ -1,0 +1,304 @@
+"""Training-side logging: TensorBoard event files, the progress line, and MetricsWriter."""
+
+import io
+import json
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from reason_jax.train import tensorboard as tb
+from reason_jax.train.metrics import MetricsWriter, plot_curves, read_metrics, to_jsonable
+from reason_jax.train.progress import Progress, format_duration, format_value
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- TensorBoard
+
+
+def test_crc32c_known_values():
+    # The standard CRC-32C check value, and the RFC 3720 (iSCSI) test vector of 32 zero bytes.
+    assert tb.crc32c(b"123456789") == 0xE3069283
+    assert tb.crc32c(bytes(32)) == 0x8A9136AA
+    assert tb.crc32c(b"") == 0
+
+
+def _event_files(logdir):
+    return sorted(os.path.join(logdir, n) for n in os.listdir(logdir) if "tfevents" in n)
+
+
+def test_event_writer_round_trip(tmp_path):
+    logdir = str(tmp_path / "tb")
+    with tb.EventWriter(logdir) as w:
+        w.scalars(1, {"loss": 0.5, "reward/mean": np.float32(0.25), "note": "skipped"})
+        w.scalars(2, {"loss": 0.125, "count": np.int64(7), "flag": True})
+        w.scalars(3, {"loss": float("nan"), "big": 1e40})
+        w.scalars(4, {"only_text": "nothing numeric"})  # writes no event
+    (path,) = _event_files(logdir)
+    assert os.path.basename(path).startswith("events.out.tfevents.")
+    events = list(tb.read_events(path))
+    assert events[0]["file_version"] == "brain.Event:2"
+    assert [e["step"] for e in events[1:]] == [1, 2, 3]
+    assert events[1]["summary"] == {"loss": 0.5, "reward/mean": 0.25}
+    assert events[2]["summary"] == {"loss": 0.125, "count": 7.0, "flag": 1.0}
+    assert math.isnan(events[3]["summary"]["loss"]) and events[3]["summary"]["big"] == math.inf
+    assert all(e["wall_time"] > 1e9 for e in events)
+    assert tb.read_scalars(logdir)["loss"][:2] == [(1, 0.5), (2, 0.125)]
+
+
+def test_event_file_framing_and_crc(tmp_path):
+    with tb.EventWriter(str(tmp_path)) as w:
+        w.scalars(5, {"x": 1.5})
+    (path,) = _event_files(str(tmp_path))
+    data = open(path, "rb").read()
+    # Walk the framing by hand: uint64 length, masked crc of it, payload, masked crc of it.
+    pos, records = 0, 0
+    while pos < len(data):
+        header = data[pos:pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == tb.masked_crc32c(header)
+        payload = data[pos + 12:pos + 12 + length]
+        crc = data[pos + 12 + length:pos + 16 + length]
+        assert struct.unpack("<I", crc)[0] == tb.masked_crc32c(payload)
+        pos += 16 + length
+        records += 1
+    assert pos == len(data) and records == 2
+    # A flipped payload byte must be caught.
+    corrupt = bytearray(data)
+    corrupt[-6] ^= 0xFF
+    bad = tmp_path / "events.out.tfevents.bad"
+    bad.write_bytes(bytes(corrupt))
+    with pytest.raises(ValueError, match="corrupt"):
+        list(tb.read_events(str(bad)))
+
+
+def test_event_encoding_matches_protobuf(tmp_path):
+    """Decode with the real protobuf runtime (an independent decoder) when it is installed."""
+    pytest.importorskip("google.protobuf")
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="rj_event_test.proto", package="rjtest",
+                                             syntax="proto3")
+
+    def message(name, fields):
+        m = fdp.message_type.add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            f = m.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                f.type_name = type_name
+
+    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
+    message("Value", [("tag", 1, F.TYPE_STRING, opt, None),
+                      ("simple_value", 2, F.TYPE_FLOAT, opt, None)])
+    message("Summary", [("value", 1, F.TYPE_MESSAGE, rep, ".rjtest.Value")])
+    message("SessionLog", [("status", 1, F.TYPE_INT32, opt, None)])
+    message("Event", [("wall_time", 1, F.TYPE_DOUBLE, opt, None),
+                      ("step", 2, F.TYPE_INT64, opt, None),
+                      ("file_version", 3, F.TYPE_STRING, opt, None),
+                      ("summary", 5, F.TYPE_MESSAGE, opt, ".rjtest.Summary"),
+                      ("session_log", 7, F.TYPE_MESSAGE, opt, ".rjtest.SessionLog")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    Event = message_factory.GetMessageClass(pool.FindMessageTypeByName("rjtest.Event"))
+
+    with tb.EventWriter(str(tmp_path)) as w:
+        w.scalars(123456789012, {"a/b": 2.5, "c": -1.0})
+        w.session_start(7)
+    (path,) = _event_files(str(tmp_path))
+    data, pos, events = open(path, "rb").read(), 0, []
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        events.append(Event.FromString(data[pos + 12:pos + 12 + length]))
+        pos += 16 + length
+    assert events[0].file_version == "brain.Event:2"
+    assert events[1].step == 123456789012
+    assert [(v.tag, v.simple_value) for v in events[1].summary.value] == [("a/b", 2.5),
+                                                                          ("c", -1.0)]
+    assert events[2].step == 7 and events[2].session_log.status == 1
+
+
+def test_tensorboard_event_accumulator(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with tb.EventWriter(str(tmp_path)) as w:
+        for step in range(1, 4):
+            w.scalars(step, {"reward/mean": step / 4})
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [
+        (1, 0.25), (2, 0.5), (3, 0.75)]
+
+
+def test_event_writer_never_clobbers(tmp_path):
+    tb.EventWriter(str(tmp_path)).close()
+    tb.EventWriter(str(tmp_path)).close()
+    assert len(_event_files(str(tmp_path))) == 2
+
+
+# ---------------------------------------------------------------------------- Progress
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_non_tty_is_rate_limited():
+    out, clock = io.StringIO(), _Clock()
+    p = Progress(60, "rl", stream=out, interval=10.0, clock=clock)
+    for step in range(1, 61):
+        clock.t = step * 1.0  # one second per step
+        p.update(step, reward=0.41, acc=0.625, **{"tok/s": 5120})
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    # First update, then at most one line per 10 s, then the final step: short CI logs.
+    assert len(lines) == 7
+    assert lines[0].startswith("rl   1/60 [")
+    assert lines[1].startswith("rl  11/60 [##....")
+    assert "reward 0.41 acc 0.62 tok/s 5,120 eta 49s" in lines[1]
+    assert lines[-1].startswith("rl  60/60 [################]") and "eta" not in lines[-1]
+
+
+def test_progress_close_prints_pending_state():
+    out, clock = io.StringIO(), _Clock()
+    p = Progress(100, "sft", stream=out, clock=clock)
+    p.update(1, loss=2.0)
+    clock.t = 1.0
+    p.update(2, loss=1.5)  # rate-limited away
+    p.close()
+    p.close()  # idempotent
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("sft    2/100") and "loss 1.50" in lines[-1]
+
+
+def test_progress_tty_rewrites_line():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out, clock = Tty(), _Clock()
+    p = Progress(3, "rl", stream=out, clock=clock)
+    for step in (1, 2, 3):
+        clock.t = step
+        p.update(step, reward=0.5)
+    p.close()
+    text = out.getvalue()
+    assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
+
+
+def test_progress_disabled_and_formatting():
+    out = io.StringIO()
+    p = Progress(10, "x", stream=out, enabled=False)
+    p.update(5, a=1)
+    p.close()
+    assert out.getvalue() == ""
+    assert format_duration(62) == "1m02s" and format_duration(42) == "42s"
+    assert format_duration(3 * 3600 + 5 * 60) == "3h05m" and format_duration(math.inf) == "?"
+    assert format_value(5120) == "5,120" and format_value(0.4149) == "0.41"
+    assert format_value(np.float32(12345.6)) == "12,346" and format_value(3e-6) == "3.00e-06"
+
+
+# ---------------------------------------------------------------------------- MetricsWriter
+
+
+def _rows(n, start=1):
+    for step in range(start, start + n):
+        yield step, {"reward/mean": np.float32(step / 10), "accuracy": step / 20,
+                     "response_length/mean": np.int64(100 + step), "entropy": 0.5,
+                     "clip_frac/low": 0.01, "clip_frac/high": 0.02}
+
+
+def test_to_jsonable():
+    assert to_jsonable(np.float32(0.5)) == 0.5 and type(to_jsonable(np.int32(3))) is int
+    assert to_jsonable(np.bool_(True)) is True
+    assert to_jsonable(float("nan")) is None and to_jsonable(np.float64("inf")) is None
+    assert to_jsonable(np.array(2.0)) == 2.0 and to_jsonable(np.array([4])) == 4
+    assert to_jsonable(np.array([1.0, np.nan])) == [1.0, None]
+
+
+def test_metrics_jsonl_content_and_tensorboard(tmp_path):
+    w = MetricsWriter(str(tmp_path), plot_every=0)
+    w.write(1, {"loss": np.float32(0.5), "n": np.int64(3), "bad": float("nan"), "lr": 1e-6})
+    w.write(2, {"loss": 0.25, "step": 999})  # a "step" inside metrics cannot override
+    w.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"step": 1, "loss": 0.5, "n": 3, "bad": None, "lr": 1e-6}, {"step": 2, "loss": 0.25}]
+    assert "NaN" not in lines[0] and read_metrics(str(tmp_path))[1]["loss"] == 0.25
+    scalars = tb.read_scalars(str(tmp_path / "tb"))
+    assert scalars["loss"] == [(1, 0.5), (2, 0.25)] and scalars["n"] == [(1, 3.0)]
+    assert math.isnan(scalars["bad"][0][1])  # TensorBoard keeps the NaN, which is informative
+
+
+def test_truncate_after_resume(tmp_path):
+    w = MetricsWriter(str(tmp_path), plot_every=0)
+    for step, m in _rows(10):
+        w.write(step, m)
+    w.close()
+    # Simulate a crash mid-write: a partial trailing line.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 11, "reward/me')
+    w = MetricsWriter(str(tmp_path), plot_every=0)  # resumed run, checkpoint at step 6
+    assert w.truncate_after(6) == 4
+    for step, m in _rows(4, start=7):
+        w.write(step, m)
+    w.close()
+    steps = [r["step"] for r in read_metrics(str(tmp_path))]
+    assert steps == list(range(1, 11))
+    # TensorBoard was told that steps >= 7 restart.
+    events = [e for f in _event_files(str(tmp_path / "tb")) for e in tb.read_events(f)]
+    assert any(e.get("session_log_status") == 1 and e["step"] == 7 for e in events)
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+    w = MetricsWriter(str(tmp_path / "run"), enabled=False)
+    w.write(1, {"loss": 1.0})
+    assert w.truncate_after(0) == 0
+    w.close()
+    assert not os.path.exists(tmp_path / "run")
+
+
+def _check_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_curves_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    w = MetricsWriter(str(tmp_path), tensorboard=False, plot_every=5)
+    rows = list(_rows(4))
+    for step, m in rows:
+        w.write(step, m)
+    assert not (tmp_path / "curves.png").exists()
+    w.write(5, {**rows[0][1], "eval/pass@1": 0.3})
+    _check_png(tmp_path / "curves.png")
+    w.close()
+    _check_png(tmp_path / "curves.png")
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_plot_curves_standalone(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [{"step": 1, "entropy": 0.7}, {"step": 2, "entropy": None}, {"step": 3, "entropy": 0.6}]
+    out = str(tmp_path / "c.png")
+    assert plot_curves(rows, out)
+    _check_png(out)
+    assert not plot_curves([{"step": 1, "unrelated": 1.0}], str(tmp_path / "none.png"))
+    assert not (tmp_path / "none.png").exists()

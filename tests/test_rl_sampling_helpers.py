@@ -1,0 +1,85 @@
+"""Dynamic-sampling accumulator, presets, optimizer schedule and completion log-probs."""
+
+import jax
+import numpy as np
+import pytest
+
+from reason_jax import rl
+from test_rl_toy_model import S, T, apply_fn, init_params, make_batch
+
+
+def _gen_batch(acc_rows, start):
+    n = len(acc_rows)
+    return {"id": np.arange(start, start + n), "text": [f"c{start + i}" for i in range(n)]}
+
+
+def test_group_accumulator_collects_until_full():
+    acc = rl.GroupAccumulator(target_groups=3, group_size=2, max_gen_batches=5)
+    # batch 1: groups [1,1] dropped, [0,1] kept; batch 2: [0,0] dropped, [1,0], [0,1] kept
+    assert not acc.add(_gen_batch([1, 1, 0, 1], 0), np.array([1, 1, 0, 1]))
+    assert acc.add(_gen_batch([0, 0, 1, 0, 0, 1], 10), np.array([0, 0, 1, 0, 0, 1]))
+    batch, stats = acc.take()
+    np.testing.assert_array_equal(batch["id"], [2, 3, 12, 13, 14, 15])
+    assert batch["text"] == ["c2", "c3", "c12", "c13", "c14", "c15"]
+    assert stats == {"dynamic_sampling/groups_dropped": 2, "dynamic_sampling/groups_surplus": 0,
+                     "dynamic_sampling/gen_batches": 2}
+
+
+def test_group_accumulator_truncates_surplus_and_errors_clearly():
+    acc = rl.GroupAccumulator(target_groups=1, group_size=2, max_gen_batches=2)
+    acc.add(_gen_batch([0, 1, 1, 0], 0), np.array([0, 1, 1, 0]))
+    batch, stats = acc.take()
+    np.testing.assert_array_equal(batch["id"], [0, 1])
+    assert stats["dynamic_sampling/groups_surplus"] == 1
+
+    acc = rl.GroupAccumulator(target_groups=2, group_size=2, max_gen_batches=2)
+    acc.add(_gen_batch([1, 1], 0), np.array([1, 1]))
+    with pytest.raises(rl.DynamicSamplingError, match=r"kept 0 of the 2 groups.*2 generation"
+                       r" batches.*max_gen_batches"):
+        acc.add(_gen_batch([0, 0], 2), np.array([0, 0]))
+
+
+def test_presets():
+    assert rl.GRPO["clip_low"] == rl.GRPO["clip_high"] == 0.2
+    assert rl.GRPO["beta"] == 0.04 and rl.GRPO["kl_kind"] == "k3"
+    assert rl.GRPO["agg"] == "seq-mean-token-mean" and rl.GRPO["std"] == "unbiased"
+    assert (rl.DAPO["clip_low"], rl.DAPO["clip_high"], rl.DAPO["beta"]) == (0.2, 0.28, 0.0)
+    assert rl.DAPO["agg"] == "token-mean" and rl.DAPO["reward_incorrect"] == -1.0
+    assert rl.DAPO["overlong_shaping"] and rl.DAPO["dynamic_sampling"]
+    assert rl.DR_GRPO["std"] == "none" and rl.DR_GRPO["agg"] == "seq-mean-token-sum-norm"
+    assert rl.GSPO["level"] == "sequence" and (rl.GSPO["clip_low"], rl.GSPO["clip_high"]) == (
+        3e-4, 4e-4)
+    for name, preset in rl.PRESETS.items():
+        kwargs = rl.step_kwargs(preset)
+        assert set(kwargs) == set(rl.TRAIN_STEP_KEYS), name
+        assert preset["agg"] in rl.AGG_MODES and preset["std"] in rl.STD_MODES
+    cfg = rl.get_preset("dapo")
+    cfg["beta"] = 1.0
+    assert rl.DAPO["beta"] == 0.0
+
+
+def test_schedule():
+    sched = rl.make_schedule(1.0, warmup_steps=2, total_steps=10, schedule="cosine")
+    np.testing.assert_allclose([sched(i) for i in (0, 1, 2, 6, 10, 20)],
+                               [0.5, 1.0, 1.0, 0.5, 0.0, 0.0], atol=1e-6)
+    const = rl.make_schedule(1.0, warmup_steps=4, total_steps=10, schedule="constant")
+    np.testing.assert_allclose([const(i) for i in (0, 3, 9)], [0.25, 1.0, 1.0])
+    with pytest.raises(ValueError, match="cosine, constant"):
+        rl.make_schedule(1.0, 0, 1, schedule="linear")
+
+
+def test_completion_logprobs_alignment_and_chunked_fn():
+    batch = make_batch(8, seed=5)
+    params = init_params()
+    logp, ent = rl.completion_logprobs(apply_fn, params, batch, T)
+    logits = apply_fn(params, batch["tokens_NL"], batch["positions_NL"], batch["valid_NL"])
+    i, t = 3, 2  # completion token t is predicted at column S - 1 + t
+    want = jax.nn.log_softmax(logits[i, S - 1 + t])[batch["tokens_NL"][i, S + t]]
+    np.testing.assert_allclose(logp[i, t], want, rtol=1e-6)
+    np.testing.assert_allclose(ent[i, t], rl.entropy_from_logits(logits[i, S - 1 + t]),
+                               rtol=1e-6)
+    chunked = rl.make_logprob_fn(apply_fn, T, chunks=4)(params, rl.RolloutBatch(**batch))
+    np.testing.assert_allclose(chunked, logp, rtol=1e-6, atol=1e-6)
+    hot, _ = rl.completion_logprobs(apply_fn, params, batch, T, temperature=0.5)
+    want_hot = jax.nn.log_softmax(logits[i, S - 1 + t] / 0.5)[batch["tokens_NL"][i, S + t]]
+    np.testing.assert_allclose(hot[i, t], want_hot, rtol=1e-6)
