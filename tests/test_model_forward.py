@@ -155,17 +155,17 @@ def test_cached_decode_matches_full_forward(jitted, group_size, chunks):
 
 
 def test_left_padding_is_invisible(jitted):
-    model = jitted
-    """A prompt's logits do not depend on how much left padding precedes it."""
-    rng = np.random.default_rng(3)
-    prompt = rng.integers(1, VOCAB, size=(1, 4)).astype(np.int32)
-    alone = np.asarray(model(jnp.asarray(prompt), jnp.arange(4)[None], jnp.ones((1, 4), bool)))
-    padded = np.concatenate([np.full((1, 3), 5, np.int32), prompt], 1)
-    valid = np.concatenate([np.zeros((1, 3), bool), np.ones((1, 4), bool)], 1)
-    out = np.asarray(model(jnp.asarray(padded), jnp.asarray(_positions(valid)),
+    """A prompt's logits do not depend on left padding before it (nor on anything after it)."""
+    model, pads, T = jitted, 3, S + NEW  # same shape as the full forward above: no recompile
+    prompt = np.random.default_rng(3).integers(1, VOCAB, size=T - pads).astype(np.int32)
+    junk = np.array([7, 8, 9], np.int32)
+    tokens = np.stack([np.concatenate([prompt, junk]), np.concatenate([junk * 0 + 5, prompt])])
+    valid = np.ones((2, T), bool)
+    valid[1, :pads] = False
+    out = np.asarray(model(jnp.asarray(tokens), jnp.asarray(_positions(valid)),
                            jnp.asarray(valid)))
-    assert np.all(np.isfinite(out))
-    assert _max_diff(out[:, 3:], alone) <= TOL
+    assert np.all(np.isfinite(out))  # fully masked pad queries stay finite
+    assert _max_diff(out[1, pads:], out[0, :T - pads]) <= TOL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,25 +242,24 @@ def test_remat_same_logits_and_gradients(model):
     valid, pos = jnp.asarray(valid_np), jnp.asarray(_positions(valid_np))
     w = jnp.asarray(rng.normal(size=(2, 10, VOCAB)).astype(np.float32))
 
-    fwd_r = jax.jit(lambda st: nnx.merge(graphdef_r, st)(tokens, pos, valid))
-    fwd = jax.jit(lambda st: nnx.merge(graphdef, st)(tokens, pos, valid))
-    np.testing.assert_allclose(np.asarray(fwd_r(state)), np.asarray(fwd(state)), atol=1e-6,
-                               rtol=0)
-
     def loss(gd):
         def f(state):
-            logp = jax.nn.log_softmax(nnx.merge(gd, state)(tokens, pos, valid), -1)
-            return jnp.sum(logp * w * valid[..., None])
-        return f
+            logits = nnx.merge(gd, state)(tokens, pos, valid)
+            logp = jax.nn.log_softmax(logits, -1)
+            return jnp.sum(logp * w * valid[..., None]), logits
+        return jax.jit(jax.value_and_grad(f, has_aux=True)).trace(state)
 
+    traced_r, traced = loss(graphdef_r), loss(graphdef)
     # The remat flag must actually change the program (a checkpoint/remat primitive).
-    jaxpr_r = str(jax.make_jaxpr(loss(graphdef_r))(state))
-    jaxpr = str(jax.make_jaxpr(loss(graphdef))(state))
+    jaxpr_r, jaxpr = str(traced_r.jaxpr), str(traced.jaxpr)
     assert "remat" in jaxpr_r or "checkpoint" in jaxpr_r
     assert "remat" not in jaxpr and "checkpoint" not in jaxpr
 
-    lr, gr = jax.jit(jax.value_and_grad(loss(graphdef_r)))(state)
-    l0, g0 = jax.jit(jax.value_and_grad(loss(graphdef)))(state)
+    # Low backend optimisation: same maths, half the CPU compile time.
+    opts = {"xla_backend_optimization_level": 0}
+    (lr, logits_r), gr = traced_r.lower().compile(opts)(state)
+    (l0, logits_0), g0 = traced.lower().compile(opts)(state)
+    np.testing.assert_allclose(np.asarray(logits_r), np.asarray(logits_0), atol=1e-6, rtol=0)
     assert abs(float(lr) - float(l0)) <= 1e-4 * max(1.0, abs(float(l0)))
     flat_r, flat_0 = jax.tree.leaves(gr), jax.tree.leaves(g0)
     assert len(flat_r) == len(flat_0) > 0

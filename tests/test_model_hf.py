@@ -369,6 +369,23 @@ def test_index_lists_missing_shard(hf_models, tmp_path):
         from_hf(str(d))
 
 
+@pytest.mark.parametrize("arch, flags, match", [
+    ("llama", {"qk_norm": True}, r"llama never has q/k norm"),
+    ("qwen2", {"qkv_bias": True, "qk_norm": True}, r"qwen2 never has q/k norm"),
+    ("qwen3", {"qk_norm": False}, r"qwen3 always has q/k norm"),
+    ("qwen2", {"qkv_bias": False}, r"qwen2 always has q/k/v biases"),
+    ("qwen2", {"qkv_bias": True, "o_bias": True}, r"qwen2 has no o_proj bias"),
+    ("llama", {"qkv_bias": True, "o_bias": False}, r"biases q/k/v and o together"),
+])
+def test_export_rejects_configs_hf_cannot_express(tmp_path, arch, flags, match):
+    from reason_jax.models import ModelConfig, config_to_hf
+
+    cfg = ModelConfig(vocab_size=VOCAB, dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                      head_dim=8, mlp_dim=24, arch=arch, **flags)
+    with pytest.raises(UnsupportedConfigError, match=match):
+        config_to_hf(cfg)
+
+
 def test_print_measured_summary():
     """Runs last in this module: one line with every measured parity number (use -s)."""
     if MEASURED:

@@ -29,6 +29,10 @@ def apply_fn(params, tokens_NL, positions_NL, valid_NL):
     return h_NLD @ params["out_DV"]
 
 
+# Jitted once per process: eager dispatch of the many small ops is slower than compiling.
+_logprobs = jax.jit(lambda params, batch: rl.completion_logprobs(apply_fn, params, batch, T))
+
+
 def make_batch(n=16, seed=0, *, with_ref=True, noise=0.05):
     rng = np.random.default_rng(seed)
     prompt_len_N = rng.integers(1, S + 1, n)
@@ -47,7 +51,7 @@ def make_batch(n=16, seed=0, *, with_ref=True, noise=0.05):
         "mask_NT": jnp.asarray(mask),
         "adv_N": jnp.asarray(rng.normal(size=n), jnp.float32),
     }
-    logp, _ = rl.completion_logprobs(apply_fn, init_params(), batch, T)
+    logp, _ = _logprobs(init_params(), batch)
     batch["old_logp_NT"] = logp + noise * jnp.asarray(rng.normal(size=(n, T)), jnp.float32)
     if with_ref:
         batch["ref_logp_NT"] = logp + noise * jnp.asarray(rng.normal(size=(n, T)), jnp.float32)

@@ -73,7 +73,7 @@ def test_on_policy_gradient_is_plain_policy_gradient():
         mask = batch["mask_NT"]
         return -jnp.sum(batch["adv_N"][:, None] * logp * mask) / jnp.sum(mask)
 
-    grads = jax.grad(plain_pg)(params)
+    grads = jax.jit(jax.grad(plain_pg))(params)
     update = jax.tree.map(lambda new, old: old - new, state.params, params)
     _tree_close(update, grads, rtol=1e-5, atol=1e-7)
 

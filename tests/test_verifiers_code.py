@@ -68,6 +68,11 @@ def _run(program, record=DOUBLE, **kw):
 def test_extract_program():
     assert extract_program("hi\n```python\nprint(1)\n```\nbye") == ("print(1)\n", True)
     assert extract_program("print(2)") == ("print(2)", False)
+    assert extract_program("```\nx = 1\n```\n```python\ny = 2\n```") == ("y = 2\n", True)
+    for evil in ["```" * 100_000, "a```" * 30_000, "```python\n" * 50_000]:
+        t = time.perf_counter()
+        extract_program(evil)
+        assert time.perf_counter() - t < 0.5
 
 
 def test_correct_and_wrong(clean):

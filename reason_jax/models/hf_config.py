@@ -95,6 +95,14 @@ def config_to_hf(cfg: ModelConfig, *, torch_dtype: str = "float32",
         raise UnsupportedConfigError(
             f"{cfg.arch} biases q/k/v and o together (attention_bias); got qkv_bias="
             f"{cfg.qkv_bias}, o_bias={cfg.o_bias}")
+    # The HF classes fix these per architecture; exporting anything else would write a
+    # checkpoint that transformers computes differently (or that we cannot load back).
+    if cfg.qk_norm != (cfg.arch == "qwen3"):
+        raise UnsupportedConfigError(
+            f"{cfg.arch} {'always' if cfg.arch == 'qwen3' else 'never'} has q/k norm; "
+            f"cannot export qk_norm={cfg.qk_norm}")
+    if cfg.arch == "qwen2" and not cfg.qkv_bias:
+        raise UnsupportedConfigError("qwen2 always has q/k/v biases; cannot export qkv_bias=False")
     hf = {
         "architectures": [_HF_CLASSES[cfg.arch]],
         "model_type": cfg.arch,

@@ -45,10 +45,11 @@ def build_task(cfg) -> Task:
                     eval_problems(min(cfg.eval.num_problems, 514), cfg.seed),
                     cfg.verifier.name, prompt_text, shuffle=False, gold_text=gold)
 
-    if not d.tokenizer:
+    tok_path = d.tokenizer or cfg.model.init_from  # import-hf copies the tokenizer along
+    if not tok_path:
         raise ValueError(f"data.task={d.task!r} needs data.tokenizer (a tokenizer.json or "
                          f".model file, or the import-hf folder)")
-    tok = _load_tok(d.tokenizer)
+    tok = _load_tok(tok_path)
     if d.task in ("jsonl", "parquet"):
         from reason_jax.data.prompts import load_prompts
 

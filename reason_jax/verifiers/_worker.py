@@ -30,6 +30,13 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def main(r, w, mm_fd: int, parent_pid: int) -> None:
+    try:
+        _main(r, w, mm_fd, parent_pid)
+    except (BrokenPipeError, ConnectionError, EOFError):
+        os._exit(0)  # the parent went away (closed or killed the pool)
+
+
+def _main(r, w, mm_fd: int, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the training process
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     mm = mmap.mmap(mm_fd, PROGRESS_BYTES)

@@ -11,7 +11,6 @@ of one sample share its ``timeout_s`` budget. Score = fraction of cases passed
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Mapping
 
@@ -19,13 +18,36 @@ from . import sandbox
 from .base import FORMAT_ERROR, OK, TIMEOUT, WRONG, Verdict
 
 MAX_PROGRAM_CHARS = 100_000
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.S)
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each ``` fenced block; a line scanner (linear time, no regex)."""
+    blocks = []
+    lang, body = None, []
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if lang is None:
+            if stripped.startswith("```"):
+                words = stripped[3:].split()
+                lang = words[0].lower() if words else ""
+                body = []
+        elif stripped.startswith("```"):
+            blocks.append((lang, "\n".join(body) + "\n"))
+            lang = None
+        elif stripped.endswith("```"):  # closing fence glued to the last code line
+            body.append(line.rstrip()[:-3])
+            blocks.append((lang, "\n".join(body) + "\n"))
+            lang = None
+        else:
+            body.append(line)
+    return blocks
 
 
 def extract_program(text: str) -> tuple[str, bool]:
-    """Returns (program, fenced)."""
-    blocks = _FENCE_RE.findall(text)
-    py = [b for lang, b in blocks if lang.lower() in ("python", "py", "python3")]
+    """Returns (program, fenced): the last ```python block, else the last plain ``` block,
+    else the whole text."""
+    blocks = _fenced_blocks(text)
+    py = [b for lang, b in blocks if lang in ("python", "py", "python3")]
     if py:
         return py[-1], True
     plain = [b for lang, b in blocks if not lang]

@@ -15,11 +15,14 @@ reported by :func:`capabilities`):
   that RLIMIT_NPROC applies (root ignores it), root-only files such as ``/etc/shadow`` are
   unreadable, and every process the program started -- even one that escaped the process
   group with ``setsid`` -- is found by uid and killed;
-* ``PR_SET_PDEATHSIG=SIGKILL`` so the child dies with the worker that started it.
+* without root, when user namespaces are allowed: the same network and mount namespaces
+  inside a new user namespace (own uid mapped to itself), but no separate uid;
+* ``PR_SET_NO_NEW_PRIVS`` and ``PR_SET_PDEATHSIG=SIGKILL`` (the child dies with the worker
+  that started it).
 
-Not prevented: reading world-readable files (``/etc/passwd``, world-readable source trees),
-and -- without root -- network access and writes to world-writable directories, unless user
-namespaces are available. See docs/verifiers.md.
+Not prevented: reading world-readable files (``/etc/passwd``, world-readable source trees);
+without namespaces: network access and writes to world-writable directories. See
+docs/verifiers.md.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 _TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 _PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
@@ -171,6 +175,7 @@ class _Config:
     netns: bool
     mountns: bool
     drop_uid: bool
+    userns: bool = False  # unprivileged: a user namespace grants the right to make the others
 
 
 def _make_preexec(cfg: _Config, uid: int, limits: dict, workdir: str):
@@ -180,8 +185,18 @@ def _make_preexec(cfg: _Config, uid: int, limits: dict, workdir: str):
         for res, val in limits.items():
             resource.setrlimit(res, val)
         flags = (CLONE_NEWNET if cfg.netns else 0) | (CLONE_NEWNS if cfg.mountns else 0)
+        flags |= CLONE_NEWUSER if cfg.userns else 0
+        outer_uid, outer_gid = os.getuid(), os.getgid()
         if flags and libc.unshare(flags) != 0:
             raise OSError(ctypes.get_errno(), "unshare failed")
+        if cfg.userns:  # map our own uid/gid, so files can be created in the new namespaces
+            for name, text in (("setgroups", "deny"), ("uid_map", f"{outer_uid} {outer_uid} 1"),
+                               ("gid_map", f"{outer_gid} {outer_gid} 1")):
+                fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+                try:
+                    os.write(fd, text.encode())
+                finally:
+                    os.close(fd)
         if cfg.mountns:
             if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
                 raise OSError(ctypes.get_errno(), "make-rprivate failed")
@@ -200,6 +215,7 @@ def _make_preexec(cfg: _Config, uid: int, limits: dict, workdir: str):
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no privilege gain via setuid binaries
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     return preexec
@@ -226,6 +242,9 @@ def get_config() -> _Config:
         candidates += [_Config(p, True, True, True) for p in pythons]
         candidates += [_Config(sys.executable, True, True, False),
                        _Config(sys.executable, True, False, False)]
+    else:
+        candidates += [_Config(sys.executable, True, True, False, userns=True),
+                       _Config(sys.executable, True, False, False, userns=True)]
     candidates.append(_Config(sys.executable, False, False, False))
     for i, cfg in enumerate(candidates):
         if _probe_one(cfg) or i == len(candidates) - 1:

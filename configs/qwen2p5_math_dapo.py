@@ -1,0 +1,73 @@
+"""DAPO on a math prompt file with Qwen2.5-Math-1.5B on a Cloud TPU pod slice.
+
+Prepare (once, anywhere with the HF checkpoint on disk):
+    reason-jax import-hf /path/to/Qwen2.5-Math-1.5B gs://BUCKET/qwen2p5-math-1p5b
+Data: a JSONL (or Parquet) file, one row per problem: {"prompt": "...", "answer": "..."},
+answers checked by the `math` verifier (`Answer: ...` last line or `\\boxed{...}`).
+
+Launch on a v5p-32 (16 chips, 4 hosts):
+    python launch/tpu.py run --name rj-dapo --zone us-east5-a --accelerator v5p-32 -- \\
+      reason-jax train --config configs/qwen2p5_math_dapo.py \\
+        --config.model.init_from=gs://BUCKET/qwen2p5-math-1p5b \\
+        --config.data.path=gs://BUCKET/dapo_math_17k.jsonl \\
+        --workdir gs://BUCKET/runs/qwen2p5_math_dapo
+The same command resumes after preemption (launch/tpu.py --retries does it for you).
+"""
+
+from reason_jax.train.base_config import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.steps = 500
+    c.model.init_from = "/path/to/import-hf-output"  # override with --config.model.init_from
+    c.model.param_dtype = "bfloat16"
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+
+    c.data.task = "jsonl"
+    c.data.path = "/path/to/math_prompts.jsonl"
+    c.data.tokenizer = ""  # set below to the import-hf dir (it carries tokenizer.json)
+    c.data.prompt_template = (
+        "Solve the following math problem step by step. The last line of your response "
+        "should be of the form Answer: $Answer.\n\n{prompt}\n\nRemember to put your answer "
+        "on its own line after \"Answer:\".")
+    c.data.buckets = (256, 512, 1024)
+
+    c.rollout.batch_size = 512
+    c.rollout.group_size = 16
+    c.rollout.max_new_tokens = 4096
+    c.rollout.temperature = 1.0
+
+    c.verifier.name = "math"
+    c.verifier.timeout_s = 10.0
+    c.verifier.num_workers = 16
+
+    c.rl.algo = "dapo"
+    c.rl.clip_low, c.rl.clip_high = 0.2, 0.28
+    c.rl.agg = "token-mean"
+    c.rl.beta = 0.0
+    c.rl.overlong_shaping = True
+    c.rl.overlong_cache_len = 1024
+    c.rl.dynamic_sampling = True
+    c.rl.max_gen_batches = 3
+    c.rl.num_minibatches = 16
+    c.rl.micro_batches = 4
+    c.rl.recompute_old_logp = True
+    c.rl.reward_correct, c.rl.reward_incorrect = 1.0, -1.0
+
+    c.optimizer.lr = 1e-6
+    c.optimizer.warmup_steps = 20
+    c.optimizer.weight_decay = 0.1
+    c.optimizer.grad_clip = 1.0
+
+    c.sft.steps = 0  # a base math model needs no cold start
+
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.checkpoint.every = 10
+    c.checkpoint.keep = 3
+
+    c.eval.k = 32
+    c.eval.temperature = 1.0
+    c.eval.top_p = 0.7
+    return c

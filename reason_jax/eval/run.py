@@ -1,0 +1,109 @@
+"""`reason-jax eval` and `reason-jax sample`: the policy of a workdir's checkpoint on prompts."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from reason_jax.eval.metrics import summarise
+from reason_jax.sampling import generate
+from reason_jax.sharding.host_arrays import to_global, to_local
+from reason_jax.train.task import decode_completions, encode_prompts
+
+
+def _restore(cfg, workdir: str, step: int | None):
+    from reason_jax.train.loop import Run
+
+    run = Run(cfg, workdir)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)), run.state_shardings)
+    restored = run.ckpt.restore(abstract, step)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first")
+    got_step, state, _ = restored
+    params, _ = run.policy.to_rollout(state.params)
+    return run, got_step, params
+
+
+def _generate_rows(run, params, records, *, n, temperature, top_p, max_new_tokens, seed):
+    cfg, task = run.cfg, run.task
+    tokens, lengths = encode_prompts(task, records)
+    g_tokens, g_lengths = to_global((tokens, lengths), run.mesh)
+    out = generate((run.policy.graphdef, params), g_tokens, g_lengths, group_size=n,
+                   max_new_tokens=max_new_tokens, temperature=temperature,
+                   top_p=top_p if top_p < 1 else None, eos_ids=task.tokenizer.eos_ids,
+                   seed=seed, pad_id=task.tokenizer.pad_id, buckets=cfg.data.buckets)
+    host = to_local({"tokens": out.tokens, "lengths": out.lengths, "truncated": out.truncated})
+    return decode_completions(task, host["tokens"], host["lengths"], host["truncated"])
+
+
+def evaluate(cfg, workdir: str, *, step: int | None = None, write: bool = True) -> dict[str, Any]:
+    """pass@1 (mean over k samples), unbiased pass@k, maj@k and greedy accuracy on the task's
+    held-out prompts; written to `WORKDIR/eval.json`."""
+    from reason_jax.verifiers import VerifierPool
+
+    run, got_step, params = _restore(cfg, workdir, step)
+    e = cfg.eval
+    records = list(run.task.eval_records)
+    if not records:
+        raise ValueError("this task has no held-out prompts (set data.eval_path)")
+    # Pad the last batch to full size (the mesh needs equal shards); padded rows are dropped.
+    bs = e.batch_size // jax.process_count()
+    n_real = len(records)
+    records = records + [records[-1]] * (-len(records) % bs)
+    results = []
+    T = cfg.rollout.max_new_tokens
+    with VerifierPool(cfg.verifier.num_workers) as pool:
+        for i in range(0, len(records), bs):
+            chunk = records[i: i + bs]
+            sampled = _generate_rows(run, params, chunk, n=e.k, temperature=e.temperature,
+                                     top_p=e.top_p, max_new_tokens=T, seed=cfg.seed + 1000 + i)
+            greedy = _generate_rows(run, params, chunk, n=1, temperature=0.0, top_p=1.0,
+                                    max_new_tokens=T, seed=0)
+            rec_k = [r for r in chunk for _ in range(e.k)]
+            s = pool.score(run.task.verifier, sampled, rec_k, timeout_s=cfg.verifier.timeout_s)
+            g = pool.score(run.task.verifier, greedy, chunk, timeout_s=cfg.verifier.timeout_s)
+            for j, rec in enumerate(chunk):
+                if i + j >= n_real:
+                    break
+                infos = s.infos[j * e.k: (j + 1) * e.k]
+                results.append({
+                    "correct": [info["status"] == "ok" for info in infos],
+                    "answers": [_hashable(info.get("extracted")) for info in infos],
+                    "greedy_correct": g.infos[j]["status"] == "ok",
+                    "task": run.task.name,
+                })
+    out = summarise(results, e.k)
+    out["step"] = got_step
+    out["temperature"] = e.temperature
+    if write and run.is_main:
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+def _hashable(x):
+    if isinstance(x, list):
+        return tuple(x)
+    if isinstance(x, dict):
+        return json.dumps(x, sort_keys=True)
+    return x
+
+
+def sample(cfg, workdir: str, prompt: str, *, n: int = 4, temperature: float = 1.0,
+           max_new_tokens: int | None = None, step: int | None = None) -> list[str]:
+    run, _, params = _restore(cfg, workdir, step)
+    # One prompt, replicated so every data shard has a row.
+    from reason_jax.sharding.mesh import data_size
+
+    reps = data_size(run.mesh)
+    record = {"prompt": prompt}
+    texts = _generate_rows(run, params, [record] * reps, n=n, temperature=temperature,
+                           top_p=1.0, max_new_tokens=max_new_tokens or cfg.rollout.max_new_tokens,
+                           seed=int(np.random.SeedSequence().entropy % (2**31)))
+    return texts[:n]

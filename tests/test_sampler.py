@@ -1,0 +1,430 @@
+"""The fused group sampler (`reason_jax.sampling.generate`).
+
+Checked against references that share none of its machinery:
+  * greedy decoding == step-by-step greedy with full forward passes and no KV cache (prompts of
+    different lengths, right- and left-padded layouts, G > 1), and == transformers' greedy
+    `generate` on tiny random Llama / Qwen2 checkpoints imported with `from_hf`;
+  * returned log-probs == log-softmax of a full forward pass (the temperature-1, unfiltered
+    policy), also when sampling with temperature / top-k / top-p;
+  * seeded sampling is reproducible, differs across seeds and across the rows of a group;
+    top_k=1 and a tiny top_p are greedy;
+  * EOS: mask/length/truncation/padding after the stop, several EOS ids;
+  * no recompilation for new prompts in the same length bucket;
+  * sharded over (data, tensor) = (4, 2) and (data, fsdp, tensor) = (2, 2, 2) meshes with the
+    rollout layout: same tokens as on one device, log-probs within 1e-5.
+
+A tiny random model (vocab 24, width 32, GQA) with large enough weights that its next-token
+distributions are far from uniform (greedy ties cannot flip on rounding).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from reason_jax.models import Transformer, from_hf
+from reason_jax.models.config import tiny_llama
+from reason_jax.sampling import generate
+from reason_jax.sampling import sampler as sampler_mod
+from reason_jax.sharding import make_mesh
+from reason_jax.sharding.host_arrays import to_global
+from reason_jax.train.policy import Policy
+
+VOCAB = 24
+PAD = 0
+T = 8  # max_new_tokens
+G = 2
+CFG = tiny_llama(VOCAB, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                 mlp_dim=64, tie_embeddings=False)
+# Right-padded prompts of different lengths (1 and a full bucket of 16 included).
+LENGTHS = np.array([5, 16, 1, 11], np.int32)
+LOGP_TOL = 1e-5
+
+
+def _random_params(cfg, seed: int):
+    """(graphdef, pure param dict): every weight random, std 0.3 (norms around 1)."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    pure = state.to_pure_dict()
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        noise = rng.normal(size=leaf.shape).astype(np.float32)
+        name = jax.tree_util.keystr(path)
+        return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else 0.3 * noise)
+
+    return graphdef, jax.tree_util.tree_map_with_path(fill, pure)
+
+
+def _prompts(lengths, seed=0, width=None):
+    """Right-padded prompt ids (never the pad id) of the given lengths."""
+    rng = np.random.default_rng(seed)
+    width = width or int(max(lengths))
+    toks = rng.integers(1, VOCAB, size=(len(lengths), width)).astype(np.int32)
+    toks[np.arange(width)[None, :] >= np.asarray(lengths)[:, None]] = PAD
+    return toks
+
+
+@pytest.fixture(scope="module")
+def params():
+    return _random_params(CFG, seed=0)
+
+
+@pytest.fixture(scope="module")
+def forward(params):
+    graphdef, _ = params
+
+    @jax.jit
+    def fwd(state, tokens_NL, positions_NL, valid_NL):
+        return nnx.merge(graphdef, state)(tokens_NL, positions_NL, valid_NL)
+
+    return fwd
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return _prompts(LENGTHS)
+
+
+def _gen(params, prompts, lengths=LENGTHS, **kw):
+    kw.setdefault("group_size", G)
+    kw.setdefault("max_new_tokens", T)
+    kw.setdefault("pad_id", PAD)
+    out = generate(params, prompts, lengths, **kw)
+    return jax.tree.map(np.asarray, out)
+
+
+@pytest.fixture(scope="module")
+def greedy(params, prompts):
+    return _gen(params, prompts, temperature=0.0)
+
+
+def _train_layout(out):
+    """SampleOutput -> (tokens_NL, positions_NL, valid_NL): left-padded prompt then the
+    completion, the layout the train step scores."""
+    valid_NL = np.concatenate([out.prompt_valid, out.mask], 1)
+    tokens_NL = np.concatenate([out.prompt_tokens, out.tokens], 1).astype(np.int32)
+    positions_NL = np.maximum(np.cumsum(valid_NL, 1) - 1, 0).astype(np.int32)
+    return tokens_NL, positions_NL, valid_NL
+
+
+def _full_logp(forward, params, out):
+    """log-softmax of a full forward pass (no cache) at every completion slot: [N, T, V]."""
+    tokens_NL, positions_NL, valid_NL = _train_layout(out)
+    S = out.prompt_tokens.shape[1]
+    logits = forward(params[1], tokens_NL, positions_NL, valid_NL)
+    return np.asarray(jax.nn.log_softmax(logits[:, S - 1:S - 1 + T], -1))
+
+
+def _greedy_reference_right(forward, params, prompts, lengths, steps):
+    """Step-by-step greedy, right-padded rows, default positions/validity, no cache."""
+    B = len(lengths)
+    buf = np.zeros((B, prompts.shape[1] + steps), np.int32)
+    buf[:, :prompts.shape[1]] = prompts
+    L = buf.shape[1]
+    pos = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))
+    ones = np.ones((B, L), bool)
+    out = np.zeros((B, steps), np.int32)
+    for t in range(steps):
+        logits = np.asarray(forward(params[1], buf, pos, ones))
+        nxt = logits[np.arange(B), lengths - 1 + t].argmax(-1)
+        buf[np.arange(B), lengths + t] = nxt
+        out[:, t] = nxt
+    return out
+
+
+def _greedy_reference_left(forward, params, prompts, lengths, steps):
+    """Step-by-step greedy, prompts left-padded (explicit positions and validity), no cache."""
+    B, S = prompts.shape
+    left = np.full((B, S + steps), PAD, np.int32)
+    valid = np.zeros((B, S + steps), bool)
+    for b, n in enumerate(lengths):
+        left[b, S - n:S] = prompts[b, :n]
+        valid[b, S - n:S] = True
+    out = np.zeros((B, steps), np.int32)
+    for t in range(steps):
+        pos = np.maximum(np.cumsum(valid, 1) - 1, 0).astype(np.int32)
+        logits = np.asarray(forward(params[1], left, pos, valid))
+        nxt = logits[:, S - 1 + t].argmax(-1)
+        left[:, S + t] = nxt
+        valid[:, S + t] = True
+        out[:, t] = nxt
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy
+# ---------------------------------------------------------------------------------------------
+
+
+def test_greedy_equals_full_forward_greedy(forward, params, prompts, greedy):
+    ref_right = _greedy_reference_right(forward, params, prompts, LENGTHS, T)
+    ref_left = _greedy_reference_left(forward, params, prompts, LENGTHS, T)
+    np.testing.assert_array_equal(ref_left, ref_right)
+    # The prompts differ, so the completions should too (a degenerate model proves little).
+    assert len({tuple(r) for r in ref_left}) > 1
+    N = len(LENGTHS) * G
+    assert greedy.tokens.shape == (N, T)
+    np.testing.assert_array_equal(greedy.tokens, np.repeat(ref_left, G, axis=0))
+    assert greedy.mask.all() and greedy.truncated.all()  # no EOS ids: all run to T
+    np.testing.assert_array_equal(greedy.lengths, np.full(N, T))
+    # Prompts come back left-padded to the bucket (16), row b*G + g belonging to prompt b.
+    assert greedy.prompt_tokens.shape == (N, 16)
+    for n in range(N):
+        b = n // G
+        n_pad = 16 - LENGTHS[b]
+        np.testing.assert_array_equal(greedy.prompt_valid[n], np.arange(16) >= n_pad)
+        np.testing.assert_array_equal(greedy.prompt_tokens[n, n_pad:], prompts[b, :LENGTHS[b]])
+        assert (greedy.prompt_tokens[n, :n_pad] == PAD).all()
+
+
+def test_greedy_prompt_width_below_bucket(forward, params, prompts, greedy):
+    """Right-padded input narrower than its bucket (11 -> 16) gives the same completions."""
+    lengths = np.array([5, 11, 1, 11], np.int32)
+    narrow = _prompts(lengths, seed=3)
+    out = _gen(params, narrow, lengths, temperature=0.0)
+    ref = _greedy_reference_right(forward, params, narrow, lengths, T)
+    np.testing.assert_array_equal(out.tokens, np.repeat(ref, G, axis=0))
+
+
+def test_greedy_logprobs_equal_full_forward(forward, params, greedy):
+    full = _full_logp(forward, params, greedy)
+    want = np.take_along_axis(full, greedy.tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(greedy.logprobs, want, atol=LOGP_TOL, rtol=0)
+    # Greedy picked the argmax of the full-forward distribution at every step.
+    np.testing.assert_array_equal(greedy.tokens, full.argmax(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers parity
+# ---------------------------------------------------------------------------------------------
+
+HF_CASES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(tie_word_embeddings=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(HF_CASES))
+def test_greedy_matches_transformers_generate(tmp_path, name):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    cfg_cls, model_cls, extra = HF_CASES[name]
+    # No EOS/BOS: transformers must not stop early, and we compare all T tokens.
+    hf_cfg = getattr(transformers, cfg_cls)(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
+        pad_token_id=PAD, **extra)
+    torch.manual_seed(0)
+    hf = getattr(transformers, model_cls)(hf_cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for pname, p in hf.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.2 * noise if pname.endswith("norm.weight")
+                    else 0.1 * noise if pname.endswith(".bias") else 0.3 * noise)
+    hf.save_pretrained(str(tmp_path))
+    hf.config._attn_implementation = "eager"
+
+    lengths = np.array([3, 9, 6], np.int32)
+    prompts = _prompts(lengths, seed=7)
+    ours = _gen(from_hf(str(tmp_path), dtype=jnp.float32), prompts, lengths, group_size=1,
+                temperature=0.0)
+    for b, n in enumerate(lengths):
+        ids = torch.as_tensor(prompts[b:b + 1, :n], dtype=torch.long)
+        with torch.no_grad():
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                              max_new_tokens=T, min_new_tokens=T, eos_token_id=None,
+                              pad_token_id=PAD)
+        ref = ref[0, n:].numpy()
+        assert ref.shape == (T,)
+        np.testing.assert_array_equal(ours.tokens[b], ref, err_msg=f"{name} prompt {b}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sampled(params, prompts):
+    return _gen(params, prompts, group_size=4, temperature=1.5, seed=11)
+
+
+def test_seeded_sampling_reproducible_and_diverse(params, prompts, sampled):
+    again = _gen(params, prompts, group_size=4, temperature=1.5, seed=11)
+    for a, b in zip(jax.tree.leaves(sampled), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+    other = _gen(params, prompts, group_size=4, temperature=1.5, seed=12)
+    assert not np.array_equal(other.tokens, sampled.tokens)
+    # Same for a PRNG-key seed.
+    key = jax.random.key(5)
+    k1 = _gen(params, prompts, group_size=4, temperature=1.5, seed=key)
+    k2 = _gen(params, prompts, group_size=4, temperature=1.5, seed=key)
+    np.testing.assert_array_equal(k1.tokens, k2.tokens)
+    # Every group's 4 rows are not all the same completion.
+    for b in range(len(LENGTHS)):
+        rows = {tuple(r) for r in sampled.tokens[b * 4:(b + 1) * 4]}
+        assert len(rows) > 1, f"group {b} sampled {rows}"
+
+
+def test_sampled_logprobs_are_policy_logprobs(forward, params, sampled):
+    full = _full_logp(forward, params, sampled)
+    want = np.take_along_axis(full, sampled.tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(sampled.logprobs, want, atol=LOGP_TOL, rtol=0)
+
+
+def test_filtered_sampling_logprobs_unfiltered(forward, params, prompts):
+    """temperature 0.7 + top-k 5 + top-p 0.9: tokens come from the filtered distribution
+    (inside the top 5), log-probs are still those of the temperature-1 unfiltered policy."""
+    out = _gen(params, prompts, group_size=4, temperature=0.7, top_k=5, top_p=0.9, seed=3)
+    full = _full_logp(forward, params, out)
+    want = np.take_along_axis(full, out.tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, want, atol=LOGP_TOL, rtol=0)
+    # Not the temperature-0.7 log-probs (the distribution is far from uniform).
+    tempered = np.asarray(jax.nn.log_softmax(jnp.asarray(full) / 0.7, -1))
+    tempered_tok = np.take_along_axis(tempered, out.tokens[..., None], -1)[..., 0]
+    assert np.abs(tempered_tok - out.logprobs).max() > 1e-2
+    rank = (full > np.take_along_axis(full, out.tokens[..., None], -1)).sum(-1)
+    assert (rank < 5).all(), rank
+    # ... and top-p also truncates: nucleus of the tempered distribution.
+    tok_p = np.exp(tempered_tok)
+    mass_above = np.where(np.exp(tempered) > tok_p[..., None], np.exp(tempered), 0).sum(-1)
+    assert (mass_above < 0.9 + 1e-5).all()
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=1), dict(top_p=1e-6)], ids=["top_k=1", "top_p=1e-6"])
+def test_degenerate_filters_are_greedy(params, prompts, greedy, kw):
+    out = _gen(params, prompts, temperature=1.0, seed=4, **kw)
+    np.testing.assert_array_equal(out.tokens, greedy.tokens)
+    np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# EOS
+# ---------------------------------------------------------------------------------------------
+
+
+def _expected_stop(tokens_T, eos_ids):
+    hits = np.flatnonzero(np.isin(tokens_T, list(eos_ids)))
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def _check_eos(out, greedy, eos_ids):
+    for n in range(out.tokens.shape[0]):
+        stop = _expected_stop(greedy.tokens[n], eos_ids)
+        if stop is None:
+            assert out.truncated[n] and out.lengths[n] == T and out.mask[n].all()
+            np.testing.assert_array_equal(out.tokens[n], greedy.tokens[n])
+            continue
+        assert not out.truncated[n] and out.lengths[n] == stop, n
+        np.testing.assert_array_equal(out.mask[n], np.arange(T) < stop)
+        np.testing.assert_array_equal(out.tokens[n, :stop], greedy.tokens[n, :stop])
+        assert out.tokens[n, stop - 1] in eos_ids
+        assert (out.tokens[n, stop:] == PAD).all()
+        np.testing.assert_allclose(out.logprobs[n, :stop], greedy.logprobs[n, :stop], atol=1e-6)
+        assert (out.logprobs[n, stop:] == 0).all()
+
+
+def test_eos_stops_row(params, prompts, greedy):
+    # EOS := the token row 0 emits at step 2, chosen so that some row never emits it.
+    k = 2
+    eos = int(greedy.tokens[0, k])
+    stop0 = _expected_stop(greedy.tokens[0], [eos])
+    assert stop0 is not None and stop0 <= k + 1
+    assert any(_expected_stop(r, [eos]) is None for r in greedy.tokens), "pick another eos"
+    out = _gen(params, prompts, temperature=0.0, eos_ids=[eos])
+    assert out.lengths[0] == stop0 and out.mask[0].sum() == stop0
+    assert out.truncated.any() and not out.truncated.all()
+    _check_eos(out, greedy, [eos])
+
+
+def test_several_eos_ids(params, prompts, greedy):
+    eos = {int(greedy.tokens[0, 1]), int(greedy.tokens[2 * G, 3])}
+    out = _gen(params, prompts, temperature=0.0, eos_ids=sorted(eos))
+    assert not out.truncated[0] and not out.truncated[2 * G]
+    _check_eos(out, greedy, eos)
+
+
+def test_all_rows_stop_early(params, prompts, greedy):
+    """The decode loop exits once every row is done; later slots stay pad."""
+    eos = sorted({int(t) for t in greedy.tokens[:, 0]})
+    out = _gen(params, prompts, temperature=0.0, eos_ids=eos)
+    np.testing.assert_array_equal(out.lengths, np.ones(len(out.lengths)))
+    assert not out.truncated.any()
+    assert (out.tokens[:, 1:] == PAD).all() and (out.logprobs[:, 1:] == 0).all()
+    _check_eos(out, greedy, eos)
+
+
+def test_eos_with_sampling(forward, params, prompts, sampled):
+    eos = int(sampled.tokens[0, 1])
+    out = _gen(params, prompts, group_size=4, temperature=1.5, seed=11, eos_ids=[eos])
+    _check_eos(out, sampled, [eos])
+    full = _full_logp(forward, params, out)
+    want = np.take_along_axis(full, out.tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(out.logprobs, np.where(out.mask, want, 0), atol=LOGP_TOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_no_recompilation_within_bucket(forward, params, greedy):
+    cache = sampler_mod._generate._cache_size
+    before = cache()
+    for i, (width, lengths) in enumerate([(16, [16, 2, 9, 4]), (7, [7, 3, 1, 5]),
+                                          (12, [1, 12, 12, 8]), (3, [3, 3, 2, 1])]):
+        lengths = np.asarray(lengths, np.int32)
+        p = _prompts(lengths, seed=20 + i, width=width)
+        out = _gen(params, p, lengths, temperature=0.0 if i % 2 else 1.0, seed=i)
+        if i % 2:  # spot-check correctness of the reused program
+            ref = _greedy_reference_right(forward, params, p, lengths, T)
+            np.testing.assert_array_equal(out.tokens, np.repeat(ref, G, axis=0))
+    assert cache() == before, "generate recompiled for prompts within one bucket"
+
+    # A new bucket compiles exactly once.
+    for i, width in enumerate([17, 30, 32]):
+        lengths = np.array([width, 5, 17, 1], np.int32)
+        _gen(params, _prompts(lengths, seed=40 + i, width=width), lengths, temperature=0.0)
+        assert cache() == before + 1
+    assert _gen(params, _prompts([4] * 4, seed=1), np.full(4, 4)).prompt_tokens.shape[1] == 16
+    assert cache() == before + 1
+
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        generate(params, np.ones((1, 20), np.int32), [20], max_new_tokens=2, buckets=(8, 16))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [{"data": 4, "tensor": 2}, {"data": 2, "fsdp": 2, "tensor": 2}],
+                         ids=["data4_tensor2", "data2_fsdp2_tensor2"])
+def test_sharded_matches_single_device(params, prompts, greedy, sampled, sizes):
+    mesh = make_mesh(sizes)
+    policy = Policy(CFG, mesh)
+    train_params = jax.device_put(params[1], policy.train_shardings)
+    rollout, _ = policy.to_rollout(train_params)
+    # Heads stay split over `tensor`; the embedding dimension is gathered.
+    assert rollout["layers"][0]["attn"]["q_DQH"].sharding.spec[1] == "tensor"
+    assert all(s is None for s in rollout["embed_VD"].sharding.spec[1:])
+    g_tokens, g_lengths = to_global((prompts, LENGTHS), mesh)
+    assert len(g_tokens.sharding.device_set) == 8
+
+    def run(**kw):
+        return _gen((policy.graphdef, rollout), g_tokens, g_lengths, **kw)
+
+    out = run(temperature=0.0)
+    np.testing.assert_array_equal(out.tokens, greedy.tokens)
+    np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=LOGP_TOL, rtol=0)
+    np.testing.assert_array_equal(out.prompt_tokens, greedy.prompt_tokens)
+
+    out = run(group_size=4, temperature=1.5, seed=11)
+    np.testing.assert_array_equal(out.tokens, sampled.tokens)
+    np.testing.assert_array_equal(out.mask, sampled.mask)
+    np.testing.assert_allclose(out.logprobs, sampled.logprobs, atol=LOGP_TOL, rtol=0)
