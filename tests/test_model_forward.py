@@ -119,8 +119,9 @@ def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-@pytest.mark.parametrize("group_size", [1, 3])
-@pytest.mark.parametrize("chunks", [(1,) * NEW, (3, 3), (1, 3, 2)], ids=["1x6", "3x2", "1-3-2"])
+@pytest.mark.parametrize("group_size, chunks", [
+    (1, (1,) * NEW), (3, (1,) * NEW), (1, (3, 3)), (3, (1, 3, 2)),
+], ids=["G1-1x6", "G3-1x6", "G1-3x2", "G3-1,3,2"])
 def test_cached_decode_matches_full_forward(jitted, group_size, chunks):
     model = jitted
     rng = np.random.default_rng(1)

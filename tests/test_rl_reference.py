@@ -200,3 +200,15 @@ def test_filter_groups():
     np.testing.assert_array_equal(rl.filter_groups(jnp.asarray(acc), 6), [True, True])
     np.testing.assert_array_equal(rl.filter_groups(jnp.asarray(acc), 2),
                                   [True, False, False, False, False, True])
+
+
+@pytest.mark.parametrize("level", rl.LEVELS)
+def test_nonfinite_padding_does_not_leak(level):
+    logp = jnp.array([[-1.0, -2.0, -0.5]])
+    mask = jnp.array([[1.0, 1.0, 0.0]])
+    old_ok = jnp.array([[-1.1, -1.9, -0.5]])
+    old_inf = old_ok.at[0, 2].set(-jnp.inf)  # sampler log-prob of a padding token
+    f = lambda old: rl.policy_loss(logp, old, jnp.array([1.0]), mask, level=level)[0]  # noqa
+    np.testing.assert_allclose(f(old_inf), f(old_ok), rtol=1e-6)
+    g = jax.grad(lambda lp: rl.policy_loss(lp, old_inf, jnp.array([1.0]), mask, level=level)[0])
+    assert np.all(np.isfinite(g(logp)))

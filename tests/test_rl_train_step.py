@@ -142,3 +142,13 @@ def test_compiles_once():
         state, _ = step(state, batch)
     assert len(traces) == 2  # traced on the first call only (recompute body + grad body)
     assert int(state.step) == 3
+
+
+def test_bfloat16_params_keep_dtype_and_train():
+    """bf16 params: dtypes preserved, and no NaN from bf16 Adam hyperparameters (b2 -> 1.0)."""
+    opt = rl.make_optimizer(1e-3, warmup_steps=1, total_steps=10, weight_decay=0.1)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), init_params())
+    step = rl.make_train_step(apply_fn, opt, num_minibatches=2, micro_batches=2)
+    state, m = step(rl.create_train_state(params, opt), make_batch(8, with_ref=False))
+    assert int(m["nonfinite_skipped"]) == 0 and int(state.step) == 2
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.params))

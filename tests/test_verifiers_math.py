@@ -112,7 +112,7 @@ def test_math_injection(i, tmp_path, monkeypatch):
 def test_math_gold_answer_not_trusted_either():
     # A malicious dataset row is parsed by the same restricted parser.
     assert not answers_match("1", "__import__('os')")
-    assert answers_match("1", r"\boxed{1}") or math_verify(r"\boxed{1}", {"answer": r"\boxed{1}"}).status == "ok"
+    assert math_verify(r"\boxed{1}", {"answer": r"\boxed{1}"}).status == "ok"
 
 
 def test_reward_composition():
@@ -179,3 +179,18 @@ def test_countdown_options():
     assert countdown_verify("(100-4)/8", {"numbers": [100, 4, 8], "target": 12}).status == "ok"
     big = "*".join(["99"] * 60)
     assert countdown_verify(big, {"numbers": [99] * 60, "target": 1}).status == "wrong"
+
+
+def test_countdown_accepts_every_builtin_solution():
+    """Consistency with the built-in task (reason_jax.data.countdown): every listed solution
+    of every held-out problem is accepted, and the prompt-style continuation too."""
+    dc = pytest.importorskip("reason_jax.data.countdown")
+    problems = dc.eval_problems()
+    assert problems
+    n = 0
+    for rec in problems:
+        for sol in dc.all_solutions(rec["numbers"], rec["target"]):
+            assert countdown_verify(sol, rec).status == "ok", (rec, sol)
+            n += 1
+        assert countdown_verify("1+1+1+1", rec).status == "wrong"
+    assert n > 1000

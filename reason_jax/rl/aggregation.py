@@ -35,7 +35,8 @@ def agg_numerator(values_NT, mask_NT, agg: str):
     """Additive-over-rows part of the aggregated loss (sum over this (micro-)batch)."""
     check_agg(agg)
     mask_NT = mask_NT.astype(jnp.float32)
-    masked_NT = values_NT * mask_NT
+    # where, not *: a non-finite value at a padded position must not leak (inf * 0 = NaN).
+    masked_NT = jnp.where(mask_NT > 0, values_NT * mask_NT, 0.0)
     if agg == "seq-mean-token-mean":
         len_N = jnp.sum(mask_NT, axis=1)
         return jnp.sum(jnp.sum(masked_NT, axis=1) / jnp.maximum(len_N, 1.0))

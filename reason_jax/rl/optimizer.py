@@ -51,9 +51,12 @@ def make_optimizer(
     can read back the value the last update used (for metrics).
     """
     sched = make_schedule(lr, warmup_steps, total_steps, schedule, final_lr_ratio)
-    adamw = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
-    )
+    # Only the learning rate is injected, in float32: injected hyperparameters are otherwise
+    # cast to the parameter dtype, and b2 = 0.999 in bfloat16 is 1.0 (Adam's bias correction
+    # then divides by zero).
+    adamw = optax.inject_hyperparams(
+        optax.adamw, static_args=("b1", "b2", "eps", "weight_decay"), hyperparam_dtype=jnp.float32
+    )(learning_rate=sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     if not grad_clip:
         return adamw
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)

@@ -47,7 +47,8 @@ def clipped_surrogate(ratio, adv, *, clip_low=0.2, clip_high=0.28, dual_clip=Non
 
 def _ratios_NT(logp_NT, old_logp_NT, mask_NT, level):
     mask_NT = mask_NT.astype(jnp.float32)
-    log_ratio_NT = (logp_NT - old_logp_NT) * mask_NT
+    # where, not *: padding may hold -inf sampler log-probs, and inf * 0 is NaN.
+    log_ratio_NT = jnp.where(mask_NT > 0, logp_NT - old_logp_NT, 0.0)
     if level == "token":
         return jnp.exp(jnp.clip(log_ratio_NT, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     # GSPO: s_i = exp(mean_t log r_it), one ratio per sequence, broadcast to its tokens so the

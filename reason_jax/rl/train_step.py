@@ -161,10 +161,10 @@ def make_train_step(
         if use_kl:
             kl_NT = kl_penalty(logp_NT, micro["ref_logp_NT"], kl_kind)
             total_num = total_num + beta * agg_numerator(kl_NT, mask_NT, agg)
-            sums["kl_sum"] = jnp.sum(jax.lax.stop_gradient(kl_NT) * mask_NT)
+            sums["kl_sum"] = jnp.sum(jnp.where(mask_NT > 0, jax.lax.stop_gradient(kl_NT), 0.0))
         if entropy_coef:
             total_num = total_num - entropy_coef * agg_numerator(entropy_NT, mask_NT, agg)
-        sums["entropy_sum"] = jnp.sum(jax.lax.stop_gradient(entropy_NT) * mask_NT)
+        sums["entropy_sum"] = jnp.sum(jnp.where(mask_NT > 0, jax.lax.stop_gradient(entropy_NT), 0))
         return total_num / normaliser, sums
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -192,9 +192,15 @@ def make_train_step(
 
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # Back to the parameter dtype so the optimizer state keeps its dtypes (scan carry).
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+
+        def keep(new, old):
+            # A non-finite update leaves params and optimizer state exactly as they were.
+            return jnp.where(finite, new, old).astype(old.dtype)
+
         params = jax.tree.map(keep, new_params, params)
         opt_state = jax.tree.map(keep, new_opt_state, opt_state)
         step = step + finite.astype(step.dtype)

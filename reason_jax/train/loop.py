@@ -30,6 +30,7 @@ from reason_jax.sharding import distributed
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
 from reason_jax.sharding.mesh import make_mesh
 from reason_jax.train.checkpoint import Checkpointer, MODEL_CONFIG
+from reason_jax.train.compile_counter import compile_count
 from reason_jax.train.config_loading import validate
 from reason_jax.train.metrics import MetricsWriter
 from reason_jax.train.policy import Policy, model_config_from_run
@@ -128,6 +129,7 @@ class Run:
 
 def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     """Run (or resume) RL training. `max_steps` stops early (tests, preemption drills)."""
+    compile_count()  # start counting before anything compiles
     run = Run(cfg, workdir)
     run.write_run_files()
     data_iter = run.data_iter(cfg.rollout.batch_size)
@@ -179,6 +181,7 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
             row["time/train_s"] = t2 - t1
             row["time/reshard_s"] = reshard_s
             row["time/step_s"] = t2 - t0
+            row["compiles"] = compile_count()
             row["throughput/rollout_tokens_per_s"] = stats["rollout_tokens"] / max(
                 stats["time/rollout_s"], 1e-9)
             metrics.write(step + 1, row)

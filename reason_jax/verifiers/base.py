@@ -22,10 +22,6 @@ STATUSES = (OK, WRONG, FORMAT_ERROR, TIMEOUT, CRASH)
 # adversarial answer never travels back through the pool or into the metrics.
 MAX_INFO_CHARS = 200
 
-_REWARD_OPTIONS = ("correct_reward", "wrong_reward", "format_error_reward", "format_reward",
-                   "all_or_nothing", "failure_reward")
-
-
 @dataclasses.dataclass
 class Verdict:
     """What a verifier decides about one completion.

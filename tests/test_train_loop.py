@@ -1,0 +1,168 @@
+"""End-to-end RL loop: metrics, exact resume, SIGTERM, damaged checkpoints, mesh change,
+no recompilation, bad configs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reason_jax.train.config_loading import ConfigError, load_config, validate
+from reason_jax.train.loop import train
+from reason_jax.train.metrics import read_metrics
+
+SMALL = [
+    "steps=4", "sft.steps=3", "sft.batch_size=16", "rollout.batch_size=8",
+    "rollout.group_size=4", "rollout.max_new_tokens=12", "rl.dynamic_sampling=False",
+    "checkpoint.every=2", "log.progress=False", "model.dim=32", "model.mlp_dim=64",
+    "model.num_layers=1", "model.head_dim=16", "verifier.num_workers=1",
+    "checkpoint.async_save=False",
+]
+# Values that depend on wall time, not on the computation.
+_TIMING = ("time/", "throughput/", "compiles")
+
+
+def _cfg(*extra):
+    return load_config(None, SMALL + list(extra))
+
+
+def _comparable(row):
+    return {k: v for k, v in row.items() if not k.startswith(_TIMING)}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("full"))
+    train(_cfg(), wd)
+    return wd
+
+
+def test_writes_metrics_config_plots_checkpoints(full_run):
+    rows = read_metrics(os.path.join(full_run, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("step", "reward/mean", "accuracy", "response_length/mean", "loss",
+                "clip_frac/low", "clip_frac/high", "entropy", "grad_norm",
+                "throughput/rollout_tokens_per_s", "time/step_s", "time/rollout_s",
+                "time/verify_s", "time/train_s", "verifier/ok", "verifier/format_error"):
+        assert key in rows[0], key
+    assert rows[0]["response_length/mean"] > 0
+    for name in ("config.json", "model_config.json", "curves.png"):
+        assert os.path.exists(os.path.join(full_run, name)), name
+    with open(os.path.join(full_run, "config.json")) as f:
+        assert json.load(f)["rollout"]["group_size"] == 4
+    steps = sorted(int(s) for s in os.listdir(os.path.join(full_run, "checkpoints"))
+                   if s.isdigit())
+    assert steps[-1] == 4 and len(steps) <= 3
+
+
+def test_no_recompilation_after_first_steps(full_run):
+    rows = read_metrics(os.path.join(full_run, "metrics.jsonl"))
+    counts = [r["compiles"] for r in rows]
+    # Step 1 compiles the sampler and the train step; later steps reuse them.
+    assert counts[1] == counts[2] == counts[3], counts
+
+
+def test_exact_resume_matches_uninterrupted_run(full_run, tmp_path):
+    wd = str(tmp_path / "resumed")
+    train(_cfg(), wd, max_steps=2)
+    assert len(read_metrics(os.path.join(wd, "metrics.jsonl"))) == 2
+    train(_cfg(), wd)  # the same command again: resumes at step 2
+    resumed = read_metrics(os.path.join(wd, "metrics.jsonl"))
+    full = read_metrics(os.path.join(full_run, "metrics.jsonl"))
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full[2:], resumed[2:]):
+        ca, cb = _comparable(a), _comparable(b)
+        assert ca.keys() == cb.keys()
+        for k in ca:
+            assert ca[k] == pytest.approx(cb[k], rel=1e-6, abs=1e-7), k
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(full_run, tmp_path, caplog):
+    wd = str(tmp_path / "damaged")
+    shutil.copytree(full_run, wd)
+    latest = os.path.join(wd, "checkpoints", "4", "state")
+    # A process killed mid-write: the array data of the newest checkpoint is gone.
+    for root, _, files in os.walk(latest):
+        for name in files:
+            if name != "_METADATA":
+                os.remove(os.path.join(root, name))
+    from reason_jax.train.loop import Run
+
+    import jax
+    run = Run(_cfg(), wd)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)), run.state_shardings)
+    with caplog.at_level("WARNING"):
+        step, _, meta = run.ckpt.restore(abstract)
+    assert step == 2 and meta["step"] == 2
+    assert any("cannot be restored" in r.message for r in caplog.records)
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+    wd = str(tmp_path / "mesh")
+    train(_cfg("steps=2", "mesh.data=8"), wd)
+    # Same workdir, new mesh shape: parameters and optimizer state are resharded on restore.
+    summary = train(_cfg("steps=3", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), wd)
+    assert summary["step"] == 3
+    rows = read_metrics(os.path.join(wd, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_and_exits_zero(tmp_path):
+    wd = str(tmp_path / "sigterm")
+    cmd = [sys.executable, "-m", "reason_jax", "train", "--workdir", wd] + [
+        f"--config.{o}" for o in SMALL] + ["--config.steps=200", "--config.checkpoint.every=1000"]
+    env = dict(os.environ)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = os.path.join(wd, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if os.path.exists(metrics) and len(read_metrics(metrics)) >= 2:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    done = len(read_metrics(metrics))
+    steps = sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
+    assert 2 <= done < 200
+    assert steps[-1] == done  # the step finished when the signal came was saved
+
+
+def test_misspelt_key_names_nearest():
+    with pytest.raises(ConfigError, match="did you mean 'rl.clip_high'"):
+        load_config(None, ["rl.clip_hihg=0.3"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rl.clip_low=1.5", "clip_low"),
+    ("rollout.batch_size=6", "not divisible by the mesh's data size"),
+    ("rl.overlong_cache_len=20", "overlong_cache_len"),
+    ("rollout.group_size=1", "group of one"),
+    ("rl.agg=token-sum", "rl.agg"),
+    ("rollout.temperature=-1", "temperature"),
+])
+def test_impossible_settings_rejected(override, message):
+    cfg = load_config(None, [override, "rl.overlong_shaping=True"])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, 8)
+
+
+def test_wrong_value_type_rejected():
+    with pytest.raises(ConfigError, match="cannot parse .many. as int"):
+        load_config(None, ["rollout.group_size=many"])
+
+
+def test_cli_reports_config_error(capsys):
+    from reason_jax.cli import main
+
+    with pytest.raises(SystemExit, match="did you mean"):
+        main(["train", "--workdir", "/tmp/unused", "--config.rl.clip_hihg=0.3"])
