@@ -22,7 +22,7 @@ SMALL_ROLLOUT = ["--config.rollout.batch_size=8", "--config.rollout.group_size=2
 
 @pytest.fixture(autouse=True)
 def _quick_calibration(monkeypatch):
-    monkeypatch.setenv("REASON_JAX_BENCH_CALIBRATE_S", "0.02")
+    monkeypatch.setenv("REASON_JAX_BENCH_QUICK", "1")
     monkeypatch.setenv("REASON_JAX_BENCH_PROMPT_LEN", "8")
 
 
@@ -73,7 +73,8 @@ def test_train_step_bench(capsys):
 
 
 @pytest.mark.parametrize("mesh", [
-    (4, 2, 1),  # fsdp only: every weight has an `embed` dim, so each is split exactly 2 ways
+    # fsdp only: every weight has an `embed` dim, so each is split exactly 2 ways
+    pytest.param((4, 2, 1), marks=pytest.mark.slow),
     (1, 2, 2),  # 4 devices != the 8 local ones: the slice is sized without having it
 ])
 def test_train_step_dry_run_param_bytes(capsys, mesh):
@@ -103,8 +104,8 @@ def test_train_step_dry_run_param_bytes(capsys, mesh):
     # Rollout layout gathers fsdp: only `tensor` splits the weights.
     if tensor == 1:
         assert pd["rollout_params_bytes"] == P * 4
-    # KV cache: K and V, [L, rows/data, slots, K/tensor, H] float32.
-    rows_b, rows_n = 8 // data, 16 // data
+    # KV cache: K and V, [L, rows/(data*fsdp), slots, K/tensor, H] float32.
+    rows_b, rows_n = 8 // (data * fsdp), 16 // (data * fsdp)
     per = 2 * L * (2 // tensor) * 16 * 4
     assert pd["kv_cache_bytes"] == per * (rows_b * r["S"] + rows_n * r["T"])
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -121,10 +120,7 @@ def _hf_logits(model, tokens) -> np.ndarray:
 
 
 def _our_logits(model, tokens) -> np.ndarray:
-    """model(tokens) under jax.jit (compiling once beats eager op-by-op dispatch on CPU)."""
-    graphdef, state = nnx.split(model)
-    fwd = jax.jit(lambda st, t: nnx.merge(graphdef, st)(t))
-    return np.asarray(fwd(state, jnp.asarray(tokens, jnp.int32)))
+    return np.asarray(model(jnp.asarray(tokens, jnp.int32)))
 
 
 def _read_json(path):
@@ -167,10 +163,8 @@ def test_left_padded_parity_with_transformers(hf_models, tokens, name):
             torch.as_tensor(tokens), attention_mask=torch.as_tensor(valid.astype(np.int64)),
             position_ids=torch.as_tensor(pos)).logits.float().numpy()
     ours = from_hf(hf_models[name]["path"])
-    graphdef, state = nnx.split(ours)
-    fwd = jax.jit(lambda st, *a: nnx.merge(graphdef, st)(*a))
-    got = np.asarray(fwd(state, jnp.asarray(tokens, jnp.int32), jnp.asarray(pos, jnp.int32),
-                         jnp.asarray(valid)))
+    got = np.asarray(ours(jnp.asarray(tokens, jnp.int32), jnp.asarray(pos, jnp.int32),
+                          jnp.asarray(valid)))
     diff = _max_diff(got[valid], ref[valid])
     MEASURED[f"leftpad:{name}"] = diff
     print(f"\n[parity left-padded] {name}: {diff:.3e}")

@@ -46,7 +46,9 @@ def test_terms_split_equals_full(agg, level):
         np.testing.assert_allclose(grad_s, grad, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("agg", rl.AGG_MODES)
+# The two modes whose normaliser depends on how tokens fall into rows; the other two are
+# covered through the same code by test_terms_split_equals_full (1, 2 and 4 micro-batches).
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_train_step_micro_batches_equal_full(agg):
     """SGD with lr 1 makes the parameter change the exact accumulated gradient."""
     batch = make_batch(8, seed=4)  # rows have unequal completion lengths

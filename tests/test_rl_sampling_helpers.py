@@ -71,15 +71,25 @@ def test_schedule():
 def test_completion_logprobs_alignment_and_chunked_fn():
     batch = make_batch(8, seed=5)
     params = init_params()
-    logp, ent = rl.completion_logprobs(apply_fn, params, batch, T)
-    logits = apply_fn(params, batch["tokens_NL"], batch["positions_NL"], batch["valid_NL"])
+    # Jitted: eager dispatch of these small ops costs more than compiling them.
+    logprobs = jax.jit(
+        lambda p, b, temp: rl.completion_logprobs(apply_fn, p, b, T, temperature=temp),
+        static_argnums=2,
+    )
+    logp, ent = logprobs(params, batch, 1.0)
+    logits = jax.jit(apply_fn)(params, batch["tokens_NL"], batch["positions_NL"],
+                               batch["valid_NL"])
     i, t = 3, 2  # completion token t is predicted at column S - 1 + t
-    want = jax.nn.log_softmax(logits[i, S - 1 + t])[batch["tokens_NL"][i, S + t]]
-    np.testing.assert_allclose(logp[i, t], want, rtol=1e-6)
-    np.testing.assert_allclose(ent[i, t], rl.entropy_from_logits(logits[i, S - 1 + t]),
-                               rtol=1e-6)
+    row = np.asarray(logits[i, S - 1 + t], np.float64)
+    token = int(batch["tokens_NL"][i, S + t])
+
+    def log_softmax(z):
+        return z - np.log(np.sum(np.exp(z - z.max()))) - z.max()
+
+    np.testing.assert_allclose(logp[i, t], log_softmax(row)[token], rtol=1e-5)
+    p = np.exp(log_softmax(row))
+    np.testing.assert_allclose(ent[i, t], -np.sum(p * np.log(p)), rtol=1e-5)
     chunked = rl.make_logprob_fn(apply_fn, T, chunks=4)(params, rl.RolloutBatch(**batch))
     np.testing.assert_allclose(chunked, logp, rtol=1e-6, atol=1e-6)
-    hot, _ = rl.completion_logprobs(apply_fn, params, batch, T, temperature=0.5)
-    want_hot = jax.nn.log_softmax(logits[i, S - 1 + t] / 0.5)[batch["tokens_NL"][i, S + t]]
-    np.testing.assert_allclose(hot[i, t], want_hot, rtol=1e-6)
+    hot, _ = logprobs(params, batch, 0.5)
+    np.testing.assert_allclose(hot[i, t], log_softmax(row / 0.5)[token], rtol=1e-5)

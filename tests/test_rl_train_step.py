@@ -92,7 +92,9 @@ def test_apply_fn_only_for_the_policy(beta, recompute, calls):
         del batch["old_logp_NT"]  # not needed when the step recomputes it
     opt = optax.adam(1e-3)
     step = rl.make_train_step(counting_apply, opt, beta=beta, recompute_old_logp=recompute)
-    _, m = step(rl.create_train_state(init_params(), opt), rl.RolloutBatch(**batch))
+    # Tracing is enough to see every forward pass (eval_shape: no compile, keeps tests fast).
+    _, m = jax.eval_shape(step, rl.create_train_state(init_params(), opt),
+                          rl.RolloutBatch(**batch))
     # One trace per forward kind: the recompute map body, the micro-batch grad body. A
     # reference forward would add one more; the reference log-probs only come in the batch.
     assert len(traced) == calls

@@ -2,7 +2,7 @@
 
 Each returns one JSON-serialisable dict; the CLI prints it. Bench-only knobs without a CLI
 flag are environment variables: REASON_JAX_BENCH_PROMPT_LEN (prompt length S; default
-`data.buckets[0]`) and REASON_JAX_BENCH_CALIBRATE_S (seconds per calibration kernel).
+`data.buckets[0]`) and REASON_JAX_BENCH_QUICK=1 (tiny, short calibration kernels: for tests only).
 """
 
 from __future__ import annotations

@@ -22,8 +22,13 @@ from reason_jax.sharding.rules import partition_spec
 # Bench-only knob (cli.py has no flag for it): prompt length S of the synthetic prompts.
 # Default: the config's smallest bucket (`data.buckets[0]`).
 PROMPT_LEN_ENV = "REASON_JAX_BENCH_PROMPT_LEN"
-# Seconds each calibration kernel (bandwidth, matmul peak) is repeated for; tests shorten it.
-CALIBRATE_ENV = "REASON_JAX_BENCH_CALIBRATE_S"
+# Quick calibration (tests): small bandwidth array, small matmul, few repeats. The numbers
+# are then only sanity values, not peaks.
+QUICK_ENV = "REASON_JAX_BENCH_QUICK"
+
+
+def quick() -> bool:
+    return os.environ.get(QUICK_ENV, "") not in ("", "0", "false", "False")
 
 
 def load(args, overrides):
@@ -116,8 +121,7 @@ def summary(times: list[float]) -> dict[str, float]:
 
 
 def _calibrate_s(default: float) -> float:
-    raw = os.environ.get(CALIBRATE_ENV)
-    return float(raw) if raw else default
+    return 0.02 if quick() else default
 
 
 def _time_kernel(fn, arg, min_time: float, max_iters: int = 1000) -> float:
@@ -141,6 +145,7 @@ def measure_bandwidth(device=None, nbytes: int | None = None,
     device = device or jax.devices()[0]
     if nbytes is None:
         nbytes = (256 << 20) if device.platform == "cpu" else (1 << 30)
+        nbytes = (16 << 20) if quick() else nbytes
     min_time = _calibrate_s(0.3) if min_time is None else min_time
     n = nbytes // 4
     x = jax.device_put(jnp.arange(n, dtype=jnp.float32), device)
@@ -171,6 +176,7 @@ def measure_matmul_peak(dtype: Any = jnp.float32, device=None, n: int | None = N
     device = device or jax.devices()[0]
     if n is None:
         n = 2048 if device.platform == "cpu" else 8192
+        n = 256 if quick() else n
     min_time = _calibrate_s(0.5) if min_time is None else min_time
     dtype = jnp.dtype(dtype)
     k1, k2 = jax.random.split(jax.random.key(0))

@@ -100,9 +100,10 @@ class Run:
                                                           cfg.rollout.max_new_tokens))
 
     def data_iter(self, batch_size: int, seed_offset: int = 0):
-        return prompt_iterator(self.task.train_source,
-                               batch_size=batch_size // jax.process_count(),
-                               seed=self.cfg.seed + seed_offset, shuffle=self.task.shuffle)
+        it = prompt_iterator(self.task.train_source, batch_size=batch_size,
+                             seed=self.cfg.seed + seed_offset, shuffle=self.task.shuffle,
+                             shard_index=0, shard_count=1)
+        return _HostSlice(it)
 
     def new_state(self, params):
         init = jax.jit(lambda p: rl.create_train_state(p, self.optimizer),
@@ -201,6 +202,33 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     run.ckpt.close()
     metrics.close()
     return summary
+
+
+class _HostSlice:
+    """This host's contiguous block of every global prompt batch.
+
+    Every host walks the same global stream (prompts are cheap to read) and keeps rows
+    [i*B/P, (i+1)*B/P): the global batch, laid out over hosts in process order, is then
+    exactly the batch a single-process run sees, so results do not depend on the host count.
+    """
+
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.it)
+        n = len(batch) // jax.process_count()
+        i = jax.process_index()
+        return batch[i * n:(i + 1) * n]
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
 
 
 def _ref(run: Run, batch):

@@ -100,7 +100,11 @@ def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
             rows, ds = acc.take()
             stats.update(ds)
             break
-    cat = {k: np.concatenate(v) for k, v in seen.items()}
+    # Statistics over the whole global batch, identical on every host.
+    cat = {k: _gather(np.concatenate(v)) for k, v in seen.items()}
+    status_counts = {k: int(_gather(np.asarray([v])).sum()) for k, v in
+                     sorted(status_counts.items())}
+    gen_tokens = int(_gather(np.asarray([gen_tokens])).sum())
     stats.update({
         "reward/mean": float(cat["rewards"].mean()),
         "reward/std": float(cat["rewards"].std()),
@@ -113,6 +117,14 @@ def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
     for k, v in status_counts.items():
         stats[f"verifier/{k}"] = v
     return rows, stats
+
+
+def _gather(x: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _all_hosts(flag: bool) -> bool:
