@@ -106,7 +106,7 @@ def _run(name, batch=None):
     if batch is None:  # the reference mesh builds the batch from its own samples
         batch = _train_batch(sampled)
 
-    opt = rl.make_optimizer(1e-2, warmup_steps=0, total_steps=10, weight_decay=0.1)
+    opt = rl.make_optimizer(3e-3, warmup_steps=0, total_steps=10, weight_decay=0.1)
     state_shardings = rl.train_state_shardings(policy.abstract_params, opt,
                                                policy.train_shardings)
     state = jax.jit(rl.create_train_state, static_argnums=1,

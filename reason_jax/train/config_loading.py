@@ -17,25 +17,18 @@ import ml_collections
 
 from reason_jax.train.base_config import base_config
 
-_REPO_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 
 
 class ConfigError(ValueError):
     pass
 
 
-def default_config_path() -> str | None:
-    """`configs/countdown.py` of a source checkout, if this install has one."""
-    path = os.path.abspath(os.path.join(_REPO_CONFIGS, "countdown.py"))
-    return path if os.path.exists(path) else None
-
-
 def load_config_file(spec: str | None) -> ml_collections.ConfigDict:
-    """`path.py[:arg]` -> ConfigDict. None: the built-in recipe."""
+    """`path.py[:arg]` -> ConfigDict. None: the built-in recipe (countdown, DAPO)."""
     if spec is None:
-        spec = default_config_path()
-        if spec is None:
-            return base_config()
+        from reason_jax.train.recipes import countdown
+
+        return countdown()
     path, _, arg = spec.partition(":")
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
