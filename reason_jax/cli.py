@@ -106,7 +106,7 @@ def cmd_import_hf(args, overrides):
 def cmd_export_hf(args, overrides):
     from reason_jax.train.hf_commands import export_hf_cmd
 
-    info = export_hf_cmd(args.workdir_or_dir, args.out, dtype=args.dtype, step=args.step)
+    info = export_hf_cmd(args.workdir_or_dir, args.out, dtype=args.dtype)
     print(json.dumps(info))
 
 
@@ -155,7 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("workdir_or_dir")
     x.add_argument("out")
     x.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-    x.add_argument("--step", type=int, default=None)
     x.set_defaults(fn=cmd_export_hf)
 
     b = sub.add_parser("bench", help="benchmarks: sampler | train-step | rl-step (JSON out)")

@@ -34,7 +34,7 @@ from reason_jax.sharding.host_arrays import to_global
 from reason_jax.train.policy import Policy
 
 VOCAB = 24
-PAD = 0
+PAD = VOCAB - 1  # not 0, so a hard-coded pad id would show
 T = 8  # max_new_tokens
 G = 4  # one group size everywhere: greedy and sampled calls share one compiled program
 CFG = tiny_llama(VOCAB, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -62,7 +62,7 @@ def _prompts(lengths, seed=0, width=None):
     """Right-padded prompt ids (never the pad id) of the given lengths."""
     rng = np.random.default_rng(seed)
     width = width or int(max(lengths))
-    toks = rng.integers(1, VOCAB, size=(len(lengths), width)).astype(np.int32)
+    toks = rng.integers(0, PAD, size=(len(lengths), width)).astype(np.int32)
     toks[np.arange(width)[None, :] >= np.asarray(lengths)[:, None]] = PAD
     return toks
 
@@ -121,7 +121,7 @@ def _full_logp(forward, params, out):
 def _greedy_reference_right(forward, params, prompts, lengths, steps):
     """Step-by-step greedy, right-padded rows, default positions/validity, no cache."""
     B = len(lengths)
-    buf = np.zeros((B, 16 + steps), np.int32)  # one width: one compiled forward
+    buf = np.full((B, 16 + steps), PAD, np.int32)  # one width: one compiled forward
     buf[:, :prompts.shape[1]] = prompts
     L = buf.shape[1]
     pos = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))
@@ -237,8 +237,7 @@ def test_greedy_matches_transformers_generate(tmp_path, name):
         ids = torch.as_tensor(prompts[b:b + 1, :n], dtype=torch.long)
         with torch.no_grad():
             ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=T, min_new_tokens=T, eos_token_id=None,
-                              pad_token_id=PAD)
+                              max_new_tokens=T, eos_token_id=None, pad_token_id=PAD)
         ref = ref[0, n:].numpy()
         assert ref.shape == (T,)
         np.testing.assert_array_equal(ours.tokens[b], ref, err_msg=f"{name} prompt {b}")

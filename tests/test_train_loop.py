@@ -166,3 +166,31 @@ def test_cli_reports_config_error(capsys):
 
     with pytest.raises(SystemExit, match="did you mean"):
         main(["train", "--workdir", "/tmp/unused", "--config.rl.clip_hihg=0.3"])
+
+
+def test_trained_workdir_exports_to_transformers(full_run, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from reason_jax.cli import main
+    from reason_jax.models import from_hf
+    from reason_jax.train.loop import Run
+
+    out = str(tmp_path / "hf")
+    main(["export-hf", full_run, out])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokens = np.random.default_rng(0).integers(0, hf.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)).logits.numpy()
+    # The exported weights are the last checkpoint's policy.
+    run = Run(_cfg(), full_run)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)), run.state_shardings)
+    _, state, _ = run.ckpt.restore(abstract)
+    ours = np.asarray(run.policy.model(state.params)(jnp.asarray(tokens)))
+    assert np.abs(ref - ours).max() < 1e-4
+    assert np.abs(np.asarray(from_hf(out)(jnp.asarray(tokens))) - ours).max() < 1e-5

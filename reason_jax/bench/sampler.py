@@ -36,6 +36,17 @@ from reason_jax.train.policy import Policy, count_params
 log = logging.getLogger(__name__)
 
 
+def decode_flops_per_step(model_cfg, N: int, S: int, T: int) -> float:
+    """Matmul FLOPs of one decode step over all N rows: projections, MLP and LM head
+    (2 x weights per row) plus attention scores and values over all S + T slots (the kernel
+    scores every slot and masks the unfilled ones)."""
+    m = model_cfg
+    D, F, Q, K, H, V = m.dim, m.mlp_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.vocab_size
+    weights = m.num_layers * (D * Q * H * 2 + D * K * H * 2 + 3 * D * F) + D * V
+    attn = m.num_layers * 4 * Q * H * (S + T)
+    return float(N) * (2 * weights + attn)
+
+
 def run(args, overrides) -> dict:
     cfg = common.load(args, overrides)
     ro = cfg.rollout
@@ -108,6 +119,10 @@ def run(args, overrides) -> dict:
     bytes_step_full = params_dev + kv_full["total_bytes"]
     bw = common.measure_bandwidth()
     roofline_step_s = bytes_step / bw["bandwidth_bytes_per_s"]
+    # The compute side of the same roofline: with many rows a CPU decode step is FLOP-bound.
+    flops_step = decode_flops_per_step(model_cfg, N, S, T) / mesh.size
+    mm = common.measure_matmul_peak(model_cfg.dtype)
+    compute_step_s = flops_step / mm["matmul_flops_per_s"]
 
     result = {
         "bench": "sampler",
@@ -144,8 +159,15 @@ def run(args, overrides) -> dict:
             "roofline_step_s": roofline_step_s,
             "fraction": roofline_step_s / step_s,
             "fraction_full_cache": bytes_step_full / bw["bandwidth_bytes_per_s"] / step_s,
+            "flops_per_step_per_device": flops_step,
+            **mm,
+            "compute_step_s": compute_step_s,
+            "compute_fraction": compute_step_s / step_s,
+            "bound": "memory" if roofline_step_s >= compute_step_s else "compute",
+            "combined_fraction": max(roofline_step_s, compute_step_s) / step_s,
         },
     }
+    # Memory-bandwidth roofline (the brief of this bench); see roofline.compute_fraction too.
     result["roofline_fraction"] = result["roofline"]["fraction"]
 
     if not getattr(args, "no_hf", False):

@@ -98,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sft.schedule = "cosine"
     c.sft.weight_decay = 0.0
     c.sft.time_budget_s = 0.0  # 0: run all steps
+    c.sft.soft_targets = True  # when the task can enumerate all correct answers
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.dcn_data = 1

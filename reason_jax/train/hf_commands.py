@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-import jax.numpy as jnp
+import jax
 
 from reason_jax.models.config import ModelConfig
 from reason_jax.models.hf_config import config_from_hf
@@ -30,8 +30,8 @@ def import_hf(src: str, out: str, *, dtype: str = "float32") -> dict:
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def export_hf_cmd(src: str, out: str, *, dtype: str = "float32", step: int | None = None) -> dict:
-    """`src` is a workdir (latest checkpoint) or an import-hf output."""
+def export_hf_cmd(src: str, out: str, *, dtype: str = "float32") -> dict:
+    """`src` is a workdir (its latest restorable checkpoint) or an import-hf output."""
     from flax import nnx
 
     from reason_jax.models.transformer import Transformer
@@ -41,8 +41,6 @@ def export_hf_cmd(src: str, out: str, *, dtype: str = "float32", step: int | Non
     cfg = ModelConfig.from_dict(d)
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     abstract_params = nnx.state(abstract).to_pure_dict()
-    import jax
-
     abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
                                    abstract_params)
     params = load_model_params(src, abstract_params)
@@ -51,7 +49,6 @@ def export_hf_cmd(src: str, out: str, *, dtype: str = "float32", step: int | Non
     if eos:
         gen["eos_token_id"] = eos if len(eos) > 1 else eos[0]
     export_hf(params, cfg, out, dtype=dtype, generation=gen or None)
-    del jnp, step
     return {"out": out, "arch": cfg.arch, "dtype": dtype}
 
 

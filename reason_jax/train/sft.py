@@ -22,7 +22,35 @@ from reason_jax.sharding.host_arrays import to_global
 from reason_jax.train.task import Task
 
 
-def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets) -> dict:
+def soft_targets(task: Task, record, target_ids, T: int, cache: dict) -> np.ndarray:
+    """[T, V] next-token distributions: at each prefix of the drawn answer, the share of all
+    correct answers that continue with each token (EOS where an answer ends). Teaches the
+    whole solution set at once instead of one arbitrary member of it."""
+    tok = task.tokenizer
+    eos = tok.eos_ids[0]
+    key = task.prompt_text(record)
+    if key not in cache:
+        golds = [tok.encode(g)[: T - 1] + [eos] for g in task.all_golds(record)]
+        arr = np.full((len(golds), T), -1, np.int64)
+        for i, g in enumerate(golds):
+            arr[i, : len(g)] = g
+        cache[key] = arr
+    golds_GT = cache[key]
+    out = np.zeros((T, tok.vocab_size), np.float32)
+    alive = np.ones(len(golds_GT), bool)
+    for t, tid in enumerate(target_ids):
+        nxt = golds_GT[alive, t]
+        nxt = nxt[nxt >= 0]
+        if len(nxt):
+            out[t] = np.bincount(nxt, minlength=tok.vocab_size)[: tok.vocab_size] / len(nxt)
+        else:
+            out[t, tid] = 1.0
+        alive &= golds_GT[:, t] == tid
+    return out
+
+
+def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets,
+             soft: bool = False, cache: dict | None = None) -> dict:
     tok = task.tokenizer
     prompts = [tok.encode(task.prompt_text(r)) for r in records]
     targets = [tok.encode(task.gold_text(r, rng))[: T - 1] + [tok.eos_ids[0]] for r in records]
@@ -38,7 +66,12 @@ def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets) -> 
         valid[i, S - len(p): S + len(t)] = True
         positions[i, S - len(p): S + len(t)] = np.arange(len(p) + len(t))
         mask[i, : len(t)] = 1.0
-    return {"tokens_NL": tokens, "positions_NL": positions, "valid_NL": valid, "mask_NT": mask}
+    rows = {"tokens_NL": tokens, "positions_NL": positions, "valid_NL": valid, "mask_NT": mask}
+    if soft:
+        cache = {} if cache is None else cache
+        rows["soft_NTV"] = np.stack([soft_targets(task, r, t, T, cache)
+                                     for r, t in zip(records, targets)])
+    return rows
 
 
 def make_sft_step(policy, optimizer, T: int, mesh):
@@ -48,8 +81,11 @@ def make_sft_step(policy, optimizer, T: int, mesh):
         S = batch["tokens_NL"].shape[1] - T
         logits_NTV = logits_NLV[:, S - 1: S - 1 + T]
         logp_NTV = jax.nn.log_softmax(logits_NTV, -1)
-        tgt_NT = batch["tokens_NL"][:, S:]
-        nll_NT = -jnp.take_along_axis(logp_NTV, tgt_NT[..., None], -1)[..., 0]
+        if "soft_NTV" in batch:
+            nll_NT = -jnp.sum(batch["soft_NTV"] * logp_NTV, -1)
+        else:
+            tgt_NT = batch["tokens_NL"][:, S:]
+            nll_NT = -jnp.take_along_axis(logp_NTV, tgt_NT[..., None], -1)[..., 0]
         mask = batch["mask_NT"]
         return jnp.sum(nll_NT * mask) / jnp.maximum(mask.sum(), 1.0)
 
@@ -77,6 +113,8 @@ def run_sft(task: Task, cfg, policy, params, mesh, data_iter, *, log=None, progr
     opt_state = jax.jit(optimizer.init)(params)
     step_fn = make_sft_step(policy, optimizer, cfg.rollout.max_new_tokens, mesh)
     rng = np.random.default_rng([cfg.seed, 7])
+    soft = bool(s.soft_targets) and task.all_golds is not None
+    cache: dict = {}
     t0 = time.perf_counter()
     last = {}
     for i in range(s.steps):
@@ -84,7 +122,8 @@ def run_sft(task: Task, cfg, policy, params, mesh, data_iter, *, log=None, progr
         while len(records) < s.batch_size // jax.process_count():
             records.extend(next(data_iter))
         records = records[: s.batch_size // jax.process_count()]
-        rows = sft_rows(task, records, rng, cfg.rollout.max_new_tokens, cfg.data.buckets)
+        rows = sft_rows(task, records, rng, cfg.rollout.max_new_tokens, cfg.data.buckets,
+                        soft=soft, cache=cache)
         batch = to_global(rows, mesh)
         params, opt_state, m = step_fn(params, opt_state, batch)
         if progress is not None and (i % 10 == 0 or i == s.steps - 1):

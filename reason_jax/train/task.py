@@ -22,6 +22,9 @@ class Task:
     prompt_text: Callable[[dict], str]
     shuffle: bool
     gold_text: Callable[[dict, np.random.Generator], str] | None = None  # SFT targets
+    # Every correct answer of a record, when the task can enumerate them (countdown can):
+    # enables soft SFT targets.
+    all_golds: Callable[[dict], Sequence[str]] | None = None
 
 
 def build_task(cfg) -> Task:
@@ -43,7 +46,8 @@ def build_task(cfg) -> Task:
 
         return Task("countdown", tok, CountdownSource(cfg.seed, "train"),
                     eval_problems(min(cfg.eval.num_problems, 514), cfg.seed),
-                    cfg.verifier.name, prompt_text, shuffle=False, gold_text=gold)
+                    cfg.verifier.name, prompt_text, shuffle=False, gold_text=gold,
+                    all_golds=lambda r: all_solutions(r["numbers"], r["target"]))
 
     tok_path = d.tokenizer or cfg.model.init_from  # import-hf copies the tokenizer along
     if not tok_path:
