@@ -72,19 +72,27 @@ def test_train_step_bench(capsys):
     assert math.isfinite(r["last_metrics"]["loss"])
 
 
-@pytest.mark.parametrize("mesh", [
-    # fsdp only: every weight has an `embed` dim, so each is split exactly 2 ways
-    pytest.param((4, 2, 1), marks=pytest.mark.slow),
-    (1, 2, 2),  # 4 devices != the 8 local ones: the slice is sized without having it
+@pytest.mark.parametrize("mesh, emulate", [
+    # fsdp only: every weight has an `embed` dim, so each is split exactly 2 ways.
+    pytest.param((4, 2, 1), False, marks=pytest.mark.slow),
+    # 4 devices != the 8 local ones: the slice is sized without having it, activations from
+    # one device's rows compiled on one local device ...
+    ((1, 2, 2), False),
+    # ... or from the step compiled for the mesh in a child process with 4 emulated devices.
+    pytest.param((1, 2, 2), True, marks=pytest.mark.slow),
 ])
-def test_train_step_dry_run_param_bytes(capsys, mesh):
+def test_train_step_dry_run_param_bytes(capsys, monkeypatch, mesh, emulate):
+    monkeypatch.setenv("REASON_JAX_BENCH_DRY_RUN_SUBPROCESS", "1" if emulate else "0")
     data, fsdp, tensor = mesh
     r = _bench(capsys, "train-step", "--dry-run", *TINY, *SMALL_ROLLOUT,
                f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}",
                f"--config.mesh.tensor={tensor}")
     assert r["dry_run"] is True
     assert r["mesh"] == {"dcn_data": 1, "data": data, "fsdp": fsdp, "tensor": tensor}
-    assert r["mesh_fits_local_devices"] is (data * fsdp * tensor == 8)
+    fits = data * fsdp * tensor == 8
+    assert r["mesh_fits_local_devices"] is fits
+    if not fits:
+        assert ("emulated CPU devices" in r["activations_method"]) is emulate
     pd = r["per_device"]
     for k in ("params_bytes", "optimizer_bytes", "rollout_params_bytes", "kv_cache_bytes",
               "activations_bytes", "rollout_phase_bytes", "train_phase_bytes"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import statistics
 import time
 import types
 from typing import Any, Callable, Mapping
@@ -115,9 +114,6 @@ def repeat_timed(fn: Callable[[], Any], iters: int) -> list[float]:
     return [time_call(fn) for _ in range(max(int(iters), 1))]
 
 
-def summary(times: list[float]) -> dict[str, float]:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "n": len(times)}
 
 
 def _calibrate_s(default: float) -> float:
@@ -262,9 +258,6 @@ def optimizer_shard_bytes(optimizer, abstract_params, specs, sizes) -> int:
     return int(sum(v for v in jax.tree.leaves(vals) if isinstance(v, (int, np.integer))))
 
 
-def tree_bytes(tree) -> int:
-    return int(sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
-                   for x in jax.tree.leaves(tree)))
 
 
 def kv_cache_shard_bytes(model_cfg, B: int, G: int, S: int, T: int, sizes,
@@ -285,8 +278,6 @@ def kv_cache_shard_bytes(model_cfg, B: int, G: int, S: int, T: int, sizes,
     return {"prefix_bytes": prefix, "decode_bytes": decode, "total_bytes": prefix + decode}
 
 
-def finite_positive(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def memory_analysis_dict(compiled) -> dict[str, int] | None:

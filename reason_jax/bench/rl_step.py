@@ -36,6 +36,9 @@ def run(args, overrides) -> dict:
 
     workdir = getattr(args, "workdir", None)
     tmp = None
+    if workdir is not None and os.path.isdir(workdir) and os.listdir(workdir):
+        raise SystemExit(f"rl-step bench: --workdir {workdir} is not empty (the loop would "
+                         f"resume from it); give a new directory or none")
     if workdir is None:
         tmp = tempfile.mkdtemp(prefix="rj-bench-rl-")
         workdir = tmp

@@ -175,7 +175,7 @@ def run(args, overrides) -> dict:
 
         hf = hf_baseline.measure(params, model_cfg, tokens_BS, G=G, T=T,
                                  temperature=float(ro.temperature), pad_id=pad_id,
-                                 seed=int(cfg.seed))
+                                 seed=int(cfg.seed), timed_runs=iters)
         result["hf"] = hf
         if hf.get("hf_tokens_per_s"):
             result["hf_tokens_per_s"] = hf["hf_tokens_per_s"]

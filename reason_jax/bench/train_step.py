@@ -8,8 +8,12 @@ T response tokens, all valid, every response token in the loss, random advantage
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -101,7 +105,7 @@ def _sizes(cfg):
 def run(args, overrides) -> dict:
     cfg = common.load(args, overrides)
     if getattr(args, "dry_run", False):
-        return dry_run(cfg)
+        return dry_run(cfg, args, overrides)
     from reason_jax.train.config_loading import ConfigError, validate
 
     try:
@@ -160,7 +164,12 @@ def run(args, overrides) -> dict:
     flops_an = analytic_flops(model_cfg, cfg, N, S, T)
     # cost_analysis of an SPMD executable counts one device's partition.
     flops_xla_total = flops_xla * ndev if flops_xla else None
-    flops_used = flops_xla_total if flops_xla_total and flops_xla_total > 0 else flops_an
+    # XLA's cost analysis counts a while-loop body once, whatever its trip count: with more
+    # than one epoch / minibatch / micro-batch (lax.scan loops) it undercounts, so the
+    # analytic count is used then.
+    loops = int(cfg.rl.ppo_epochs * cfg.rl.num_minibatches * cfg.rl.micro_batches)
+    use_xla = bool(flops_xla_total and flops_xla_total > 0 and loops == 1)
+    flops_used = flops_xla_total if use_xla else flops_an
     return {
         "bench": "train-step",
         **common.device_info(),
@@ -182,7 +191,7 @@ def run(args, overrides) -> dict:
         "memory_analysis": mem,
         "flops_per_step_xla": flops_xla_total,
         "flops_per_step_analytic": flops_an,
-        "flops_source": "xla cost_analysis" if flops_used is flops_xla_total else "analytic",
+        "flops_source": "xla cost_analysis" if use_xla else "analytic",
         **mm,
         "peak_flops_per_s": peak_flops,
         "achieved_flops_per_s": flops_used / step_s,
@@ -200,7 +209,7 @@ def _model_fields(model_cfg):
             "dtype": model_cfg.dtype, "remat": model_cfg.remat}
 
 
-def dry_run(cfg) -> dict:
+def dry_run(cfg, args=None, overrides=()) -> dict:
     """Per-device bytes of parameters, optimizer state, the rollout's KV cache and the train
     step's activations (compiler temporaries) for the config's mesh; nothing is allocated."""
     model_cfg, _ = common.model_config(cfg)
@@ -243,7 +252,15 @@ def dry_run(cfg) -> dict:
 
     act, act_method, mem = None, None, None
     if not problems:
-        act, act_method, mem = _activation_bytes(cfg, model_cfg, sizes, fits, N, S, T)
+        child = None if fits else _emulated_compile(args, list(overrides), ndev)
+        if child is not None and child.get("per_device", {}).get("activations_bytes"):
+            act = child["per_device"]["activations_bytes"]
+            mem = child.get("memory_analysis")
+            act_method = (f"memory_analysis().temp_size_in_bytes of the train step compiled "
+                          f"(not run) for the mesh on {ndev} emulated CPU devices in a child "
+                          f"process (XLA CPU buffer assignment)")
+        else:
+            act, act_method, mem = _activation_bytes(cfg, model_cfg, sizes, fits, N, S, T)
     per_device = {
         "params_bytes": params_b,
         "optimizer_bytes": opt_b,
@@ -286,6 +303,44 @@ def _abstract_inputs(cfg, policy, optimizer, state_shardings, mesh, N, S, T):
     batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=rows_sharding(mesh, len(shape)))
              for k, (shape, dt) in _batch_shapes(cfg, N, S, T).items()}
     return abstract_state, batch
+
+
+SUBPROCESS_ENV = "REASON_JAX_BENCH_DRY_RUN_SUBPROCESS"  # "0": never emulate a bigger mesh
+_CHILD_ENV = "REASON_JAX_BENCH_DRY_RUN_CHILD"
+_MAX_EMULATED = 1024
+
+
+def _emulated_compile(args, overrides, ndev):
+    """Run this dry run again in a child process whose CPU backend has `ndev` emulated devices,
+    so the train step is compiled (never run) for exactly the config's mesh. Returns the
+    child's result dict, or None when that is off, impossible or failed."""
+    if os.environ.get(SUBPROCESS_ENV, "1") in ("0", "false", "False") or \
+            os.environ.get(_CHILD_ENV) or ndev > _MAX_EMULATED:
+        return None
+    cmd = [sys.executable, "-m", "reason_jax", "bench", "train-step", "--dry-run"]
+    if getattr(args, "config", None):
+        cmd += ["--config", args.config]
+    cmd += [f"--config.{o}" for o in overrides]
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={ndev}"])
+    env["JAX_PLATFORMS"] = "cpu"
+    env[_CHILD_ENV] = "1"
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=float(os.environ.get("REASON_JAX_BENCH_DRY_RUN_TIMEOUT_S",
+                                                           "1800")))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("dry run on %d emulated devices failed: %s", ndev, e)
+        return None
+    if proc.returncode != 0:
+        log.warning("dry run on %d emulated devices failed:\n%s", ndev, proc.stderr[-2000:])
+        return None
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 def _activation_bytes(cfg, model_cfg, sizes, fits, N, S, T):
