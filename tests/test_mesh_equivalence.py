@@ -13,7 +13,6 @@ and the updated parameters to ~1e-5; the sampler must give identical greedy and 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -8,7 +8,6 @@ come from the logical-axis rules, and the init is jitted with those `out_shardin
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp

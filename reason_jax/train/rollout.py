@@ -8,7 +8,6 @@ T max_new_tokens, L = S + T.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
 import numpy as np

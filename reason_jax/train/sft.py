@@ -9,7 +9,6 @@ padding), token-mean cross-entropy over target tokens.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
