@@ -27,7 +27,8 @@ from flax import nnx
 
 from reason_jax.bench import common
 from reason_jax.sampling import generate
-from reason_jax.sampling.sampler import bucket_for, left_align
+from reason_jax.data.bucketing import bucket_length
+from reason_jax.sampling.sampler import left_align
 from reason_jax.sharding.host_arrays import to_global
 from reason_jax.sharding.mesh import data_size, make_mesh
 from reason_jax.sharding.rules import ROLLOUT_RULES
@@ -59,7 +60,7 @@ def run(args, overrides) -> dict:
         raise SystemExit(f"rollout.batch_size={B} is not divisible by the mesh's data size "
                          f"{data_size(mesh)}")
     S_prompt = common.prompt_len(cfg)
-    S = bucket_for(S_prompt, cfg.data.buckets)
+    S = bucket_length(S_prompt, cfg.data.buckets)
     V = model_cfg.vocab_size
 
     policy = Policy(model_cfg, mesh)

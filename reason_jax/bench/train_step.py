@@ -96,9 +96,9 @@ def analytic_flops(model_cfg, cfg, N, S, T) -> float:
 
 def _sizes(cfg):
     ro = cfg.rollout
-    from reason_jax.sampling.sampler import bucket_for
+    from reason_jax.data.bucketing import bucket_length
 
-    S = bucket_for(common.prompt_len(cfg), cfg.data.buckets)  # the loop pads to the bucket
+    S = bucket_length(common.prompt_len(cfg), cfg.data.buckets)  # the loop pads to the bucket
     return int(ro.batch_size), int(ro.group_size), S, int(ro.max_new_tokens)
 
 

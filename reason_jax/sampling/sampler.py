@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from reason_jax.data.bucketing import bucket_length
 from reason_jax.models.kv_cache import KVCache
 from reason_jax.sampling.processing import sample_tokens
 
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 @flax.struct.dataclass
@@ -43,14 +43,6 @@ class SampleOutput:
     truncated: jnp.ndarray  # [N] bool: reached max_new_tokens without EOS
     prompt_tokens: jnp.ndarray  # [N, S] int32, left-padded (S is the bucket)
     prompt_valid: jnp.ndarray  # [N, S] bool
-
-
-def bucket_for(length: int, buckets: Sequence[int] | None) -> int:
-    buckets = sorted(buckets or DEFAULT_BUCKETS)
-    for b in buckets:
-        if length <= b:
-            return b
-    raise ValueError(f"prompt length {length} exceeds the largest bucket {buckets[-1]}")
 
 
 def left_align(tokens_BS, lengths_B, pad_id):
@@ -160,7 +152,7 @@ def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int 
         else prompt_tokens_BS
     lengths = jnp.asarray(prompt_lengths_B, jnp.int32)
     B, S_in = tokens.shape
-    S = bucket_for(S_in, buckets)
+    S = bucket_length(S_in, buckets)
     if S != S_in:
         tokens = jnp.pad(jnp.asarray(tokens), ((0, 0), (0, S - S_in)), constant_values=pad_id)
     key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed

@@ -79,7 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.ppo_epochs = 1
     c.rl.num_minibatches = 1
     c.rl.micro_batches = 1
-    c.rl.recompute_old_logp = False
+    # pi_old from a training-layout forward pass (robust to sampler numerics: bf16, other
+    # sharding); recipes with one fp32 update per batch may use the sampler's log-probs.
+    c.rl.recompute_old_logp = True
     c.rl.reward_correct = 1.0
     c.rl.reward_incorrect = 0.0
 

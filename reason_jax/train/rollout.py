@@ -22,9 +22,9 @@ def generate_batch(task: Task, cfg, rollout_model, records, key, mesh):
     """Sample G completions for each record; returns host (numpy) arrays of this process."""
     ro = cfg.rollout
     tokens_BS, lengths_B = encode_prompts(task, records)
-    from reason_jax.sampling.sampler import bucket_for
+    from reason_jax.data.bucketing import bucket_length
 
-    S = bucket_for(tokens_BS.shape[1], cfg.data.buckets)
+    S = bucket_length(tokens_BS.shape[1], cfg.data.buckets)
     if S != tokens_BS.shape[1]:
         tokens_BS = np.pad(tokens_BS, ((0, 0), (0, S - tokens_BS.shape[1])),
                            constant_values=task.tokenizer.pad_id)

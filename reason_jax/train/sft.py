@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from reason_jax.rl.optimizer import make_optimizer
-from reason_jax.sampling.sampler import bucket_for
+from reason_jax.data.bucketing import bucket_length
 from reason_jax.sharding.host_arrays import to_global
 from reason_jax.train.task import Task
 
@@ -53,7 +53,7 @@ def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets,
     tok = task.tokenizer
     prompts = [tok.encode(task.prompt_text(r)) for r in records]
     targets = [tok.encode(task.gold_text(r, rng))[: T - 1] + [tok.eos_ids[0]] for r in records]
-    S = bucket_for(max(len(p) for p in prompts), buckets)
+    S = bucket_length(max(len(p) for p in prompts), buckets)
     N = len(records)
     tokens = np.full((N, S + T), tok.pad_id, np.int32)
     valid = np.zeros((N, S + T), bool)
