@@ -36,9 +36,11 @@ def abstract_like(tree: Any) -> Any:
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        # keep_period: step 0 (the policy RL starts from, i.e. the SFT result) is never
+        # garbage-collected, so `eval --step 0` can always measure what RL added.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-            cleanup_tmp_directories=True)
+            max_to_keep=keep, keep_period=1 << 62, enable_async_checkpointing=async_save,
+            create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
 
@@ -56,6 +58,9 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any, step: int | None = None):
         """Return (step, state, meta) of the newest restorable checkpoint, or None."""
+        if step is not None and step not in self.steps():
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                                    f"available: {self.steps()}")
         candidates = [step] if step is not None else self.steps()[::-1]
         for s in candidates:
             try:
