@@ -194,3 +194,13 @@ def test_trained_workdir_exports_to_transformers(full_run, tmp_path):
     ours = np.asarray(run.policy.model(state.params)(jnp.asarray(tokens)))
     assert np.abs(ref - ours).max() < 1e-4
     assert np.abs(np.asarray(from_hf(out)(jnp.asarray(tokens))) - ours).max() < 1e-5
+
+
+def test_kl_reference_is_the_policy_rl_starts_from(tmp_path):
+    wd = str(tmp_path / "kl")
+    train(_cfg("steps=1", "rl.beta=0.04"), wd)
+    train(_cfg("steps=2", "rl.beta=0.04"), wd)  # resumed: the reference comes from step 0
+    rows = read_metrics(os.path.join(wd, "metrics.jsonl"))
+    # Step 1 updates from the reference itself, so KL is 0; later steps have moved away.
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert 0 < rows[1]["kl"] < 1e-2

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from reason_jax import rl
@@ -95,6 +96,7 @@ class Run:
         self.ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
         self.ref_logp_fn = None
+        self.ref_params = None
         if r.beta > 0:  # only then does a reference policy exist at all
             self.ref_logp_fn = jax.jit(rl.make_logprob_fn(self.policy.apply_fn,
                                                           cfg.rollout.max_new_tokens))
@@ -134,10 +136,11 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     run = Run(cfg, workdir)
     run.write_run_files()
     data_iter = run.data_iter(cfg.rollout.batch_size)
-    restored = run.ckpt.restore(jax.tree.map(
+    abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)),
-        run.state_shardings))
+        run.state_shardings)
+    restored = run.ckpt.restore(abstract_state)
     metrics = MetricsWriter(workdir, enabled=run.is_main, tensorboard=cfg.log.tensorboard,
                             plot_every=cfg.log.plot_every)
     summary: dict[str, Any] = {}
@@ -159,6 +162,11 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
         start = 0
         run.ckpt.save(0, state, run.meta(0, data_iter.get_state(), {"sft": summary}),
                       force=True)
+    if run.ref_logp_fn is not None:
+        # The reference is the policy RL started from (checkpoint 0: the SFT result), whether
+        # this process ran the SFT or resumed later.
+        run.ref_params = (jax.tree.map(jnp.copy, state.params) if start == 0 else
+                          run.ckpt.restore(abstract_state, step=0)[1].params)
     end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
     base_key = jax.random.key(cfg.seed)
     progress = Progress(cfg.steps, "rl", enabled=run.is_main and cfg.log.progress)
@@ -173,7 +181,7 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
             del rollout_params
             batch = to_global(train_batch(cfg, rows), run.mesh)
             if run.ref_logp_fn is not None:
-                batch["ref_logp_NT"] = _ref(run, batch)
+                batch["ref_logp_NT"] = run.ref_logp_fn(run.ref_params, batch)
             t1 = time.perf_counter()
             state, m = run.train_step(state, batch)
             m = jax.device_get(m)
@@ -229,13 +237,6 @@ class _HostSlice:
 
     def set_state(self, state):
         self.it.set_state(state)
-
-
-def _ref(run: Run, batch):
-    """Reference log-probs under the initial policy (loaded once, only when beta > 0)."""
-    if not hasattr(run, "ref_params"):
-        run.ref_params = run.initial_params()
-    return run.ref_logp_fn(run.ref_params, batch)
 
 
 class _verifier_pool:
