@@ -74,6 +74,10 @@ class Checkpointer:
                 log.warning("checkpoint %d in %s cannot be restored (%s: %s); trying the "
                             "previous one", s, self.directory, type(e).__name__,
                             str(e).splitlines()[0][:200])
+        if candidates:
+            # Never start over on top of a run we failed to read: that would overwrite it.
+            raise RuntimeError(f"none of the checkpoints {candidates} in {self.directory} can be "
+                               f"restored with this config (see the warnings above)")
         return None
 
     def restore_meta(self, step: int) -> dict[str, Any]:

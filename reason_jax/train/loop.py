@@ -77,7 +77,7 @@ class Run:
         os.makedirs(workdir, exist_ok=True)
         self.mesh = make_mesh(dict(cfg.mesh))
         self.task = build_task(cfg)
-        self.model_cfg = model_config_from_run(cfg, self.task.tokenizer.vocab_size)
+        self.model_cfg = model_config_from_run(cfg, self.task.tokenizer.vocab_size, workdir)
         self.policy = Policy(self.model_cfg, self.mesh)
         r = cfg.rl
         self.optimizer = rl.make_optimizer(

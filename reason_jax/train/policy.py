@@ -7,6 +7,7 @@ come from the logical-axis rules, and the init is jitted with those `out_shardin
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -17,13 +18,20 @@ from jax.sharding import Mesh
 from reason_jax.models.config import ModelConfig
 from reason_jax.models.transformer import Transformer, logical_axes
 from reason_jax.sharding.rules import ROLLOUT_RULES, TRAIN_RULES, state_shardings
-from reason_jax.train.checkpoint import load_model_params, read_model_config
+from reason_jax.train.checkpoint import MODEL_CONFIG, load_model_params, read_model_config
 
 
-def model_config_from_run(cfg, vocab_size: int) -> ModelConfig:
+def model_config_from_run(cfg, vocab_size: int, workdir: str | None = None) -> ModelConfig:
+    """The workdir's own model (resume, eval, sample), else `init_from`'s, else the config's
+    tiny model. Dtypes and remat always come from the config (they may change on resume)."""
     m = cfg.model
-    if m.init_from:
-        d = read_model_config(m.init_from)
+    source = None
+    if workdir and os.path.exists(os.path.join(workdir, MODEL_CONFIG)):
+        source = workdir
+    elif m.init_from:
+        source = m.init_from
+    if source:
+        d = read_model_config(source)
         d.pop("extra", None)
         d.update(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
         return ModelConfig.from_dict(d)
