@@ -44,25 +44,31 @@ log = logging.getLogger(__name__)
 
 
 class _Preempted:
-    """SIGTERM (TPU preemption, a scheduler) -> finish the step, checkpoint, exit 0."""
+    """SIGTERM (TPU preemption, a scheduler) or a first Ctrl-C -> finish the step, checkpoint,
+    exit 0. A second Ctrl-C interrupts at once."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.flag = False
-        self._old = None
+        self._old: dict = {}
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+        for sig in self._SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         return self
 
-    def _handle(self, *_):
+    def _handle(self, signum, frame):
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.flag = True
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Run:
