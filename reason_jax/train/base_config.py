@@ -14,7 +14,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.steps = 300  # RL steps
+    c.steps = 400  # RL steps
     # Stop RL (after a checkpoint) once this much wall time has passed; 0 = off. The default
     # keeps the built-in CPU recipe (SFT + RL) near 10 minutes on 2 cores.
     c.time_budget_s = 300.0
@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 1.0
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 2000  # cold start before RL when the workdir has no checkpoint; 0: skip
+    c.sft.steps = 3000  # cold start before RL when the workdir has no checkpoint; 0: skip
     c.sft.batch_size = 128
     c.sft.lr = 1e-3
     c.sft.warmup_steps = 100
