@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 1.0
 
     c.sft = ml_collections.ConfigDict()
-    c.sft.steps = 3000  # cold start before RL when the workdir has no checkpoint; 0: skip
+    c.sft.steps = 2000  # cold start before RL when the workdir has no checkpoint; 0: skip
     c.sft.batch_size = 128
     c.sft.lr = 1e-3
     c.sft.warmup_steps = 100

@@ -35,4 +35,8 @@ def countdown(variant: str | None = None):
     # One update per rollout batch: the sampler's log-probs are exactly on-policy, so the
     # extra forward pass of recomputing them buys nothing here.
     c.rl.recompute_old_logp = False
+    # After the cold start the policy solves most *training* problems, so most groups have
+    # zero accuracy spread; a generation batch costs ~30 ms here, so allow many of them
+    # before dynamic sampling gives up.
+    c.rl.max_gen_batches = 20
     return c
