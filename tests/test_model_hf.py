@@ -372,6 +372,14 @@ def test_inv_freq_buffer_is_ignored(ckpt):
     from_hf(str(ckpt))
 
 
+def test_tied_checkpoint_that_also_stores_lm_head_loads(ckpt):
+    """Some tied checkpoints store the (identical) head too; like transformers, ignore it."""
+    _edit_config(ckpt, tie_word_embeddings=True)
+    _rewrite_tensors(ckpt, lambda ts: [(n, a) for n, a in ts])  # keeps lm_head.weight
+    model = from_hf(str(ckpt))
+    assert model.cfg.tie_embeddings
+
+
 def test_missing_config_json(ckpt):
     os.remove(ckpt / "config.json")
     with pytest.raises(FileNotFoundError, match=r"has no config\.json"):

@@ -151,7 +151,11 @@ def load_state_from_hf(path: str, cfg: ModelConfig,
     shapes = abstract_state.to_pure_dict()
     mapping = tensor_map(cfg)
     expected = {hf for hf, _ in mapping.values()}
-    unexpected = sorted(n for n in entries if n not in expected
+    ignored = set()
+    if cfg.tie_embeddings:
+        # Some tied checkpoints store the (identical) head anyway; transformers ignores it.
+        ignored.add("lm_head.weight")
+    unexpected = sorted(n for n in entries if n not in expected and n not in ignored
                         and not n.endswith(_IGNORED_SUFFIXES))
     if unexpected:
         raise ValueError(
