@@ -85,8 +85,8 @@ def sandbox_uid(worker_pid: int | None = None) -> int:
     return SANDBOX_UID_BASE + (os.getpid() if worker_pid is None else worker_pid)
 
 
-def _pids_of_uid(uid: int) -> list[int]:
-    out = []
+def _procs_of_uid(uid: int):
+    """(pid, state, parent pid) of every process of ``uid``, read from /proc."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -94,12 +94,14 @@ def _pids_of_uid(uid: int) -> list[int]:
             if os.stat(f"/proc/{name}").st_uid != uid:
                 continue
             with open(f"/proc/{name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-            if state not in (b"Z", b"X"):
-                out.append(int(name))
-        except (OSError, IndexError):
+                fields = f.read().rsplit(b")", 1)[1].split()
+            yield int(name), fields[0], int(fields[1])
+        except (OSError, IndexError, ValueError):
             continue
-    return out
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    return [pid for pid, state, _ in _procs_of_uid(uid) if state not in (b"Z", b"X")]
 
 
 def kill_uid(uid: int, rounds: int = 50) -> bool:
@@ -144,18 +146,12 @@ def _become_subreaper() -> None:
 def _reap_orphans(uid: int) -> None:
     """Reaps zombie children of this process that ran as the sandbox uid (never others)."""
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{name}").st_uid != uid:
-                continue
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if fields[0] in (b"Z", b"X") and int(fields[1]) == me:
-                os.waitpid(int(name), os.WNOHANG)
-        except (OSError, IndexError, ValueError):
-            continue
+    for pid, state, ppid in _procs_of_uid(uid):
+        if state in (b"Z", b"X") and ppid == me:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except OSError:
+                pass
 
 
 def cleanup_after_worker(worker_pid: int, pgid: int) -> None:
