@@ -11,8 +11,9 @@ import numpy as np
 
 from reason_jax.eval.metrics import summarise
 from reason_jax.sampling import generate
-from reason_jax.sharding.host_arrays import to_global, to_local
-from reason_jax.train.task import decode_completions, encode_prompts
+from reason_jax.sharding.host_arrays import to_local
+from reason_jax.train.rollout import global_prompts
+from reason_jax.train.task import decode_completions
 
 
 def _restore(cfg, workdir: str, step: int | None):
@@ -32,8 +33,7 @@ def _restore(cfg, workdir: str, step: int | None):
 
 def _generate_rows(run, params, records, *, n, temperature, top_p, max_new_tokens, seed):
     cfg, task = run.cfg, run.task
-    tokens, lengths = encode_prompts(task, records)
-    g_tokens, g_lengths = to_global((tokens, lengths), run.mesh)
+    g_tokens, g_lengths = global_prompts(task, records, cfg.data.buckets, run.mesh)
     out = generate((run.policy.graphdef, params), g_tokens, g_lengths, group_size=n,
                    max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p if top_p < 1 else None, eos_ids=task.tokenizer.eos_ids,

@@ -13,22 +13,26 @@ import jax
 import numpy as np
 
 from reason_jax import rl
+from reason_jax.data.bucketing import bucket_length
 from reason_jax.sampling import generate
 from reason_jax.sharding.host_arrays import to_global, to_local
 from reason_jax.train.task import Task, decode_completions, encode_prompts
 
 
+def global_prompts(task: Task, records, buckets, mesh):
+    """This host's prompts -> global right-padded arrays. Every host pads to the same bucket
+    (the longest prompt of the *global* batch decides it), so the shards fit together."""
+    tokens_BS, lengths_B = encode_prompts(task, records)
+    S = bucket_length(int(_gather(np.asarray([tokens_BS.shape[1]])).max()), buckets)
+    tokens_BS = np.pad(tokens_BS, ((0, 0), (0, S - tokens_BS.shape[1])),
+                       constant_values=task.tokenizer.pad_id)
+    return to_global((tokens_BS, lengths_B), mesh)
+
+
 def generate_batch(task: Task, cfg, rollout_model, records, key, mesh):
     """Sample G completions for each record; returns host (numpy) arrays of this process."""
     ro = cfg.rollout
-    tokens_BS, lengths_B = encode_prompts(task, records)
-    from reason_jax.data.bucketing import bucket_length
-
-    S = bucket_length(tokens_BS.shape[1], cfg.data.buckets)
-    if S != tokens_BS.shape[1]:
-        tokens_BS = np.pad(tokens_BS, ((0, 0), (0, S - tokens_BS.shape[1])),
-                           constant_values=task.tokenizer.pad_id)
-    g_tokens, g_lengths = to_global((tokens_BS, lengths_B), mesh)
+    g_tokens, g_lengths = global_prompts(task, records, cfg.data.buckets, mesh)
     out = generate(rollout_model, g_tokens, g_lengths, group_size=ro.group_size,
                    max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                    top_k=ro.top_k or None, top_p=ro.top_p if ro.top_p < 1 else None,
@@ -94,7 +98,8 @@ def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
             rows = host
             stats["dynamic_sampling/gen_batches"] = 1
             break
-        acc.add(host, host["accuracy"]) if not acc.full else None
+        if not acc.full:  # a full host keeps generating (discarding) until all hosts are
+            acc.add(host, host["accuracy"])
         if _all_hosts(acc.full):
             rows, ds = acc.take()
             stats.update(ds)
@@ -145,7 +150,6 @@ def train_batch(cfg, rows) -> dict[str, np.ndarray]:
     mask_NT = rows["mask"].astype(bool)
     if r.overlong_filter:
         mask_NT = mask_NT & ~rows["truncated"][:, None].astype(bool)
-    S = prompt_valid_NS.shape[1]
     T = mask_NT.shape[1]
     prompt_len_N = prompt_valid_NS.sum(1)
     positions_NS = np.maximum(np.cumsum(prompt_valid_NS, 1) - 1, 0)
@@ -159,5 +163,4 @@ def train_batch(cfg, rows) -> dict[str, np.ndarray]:
     }
     if not r.recompute_old_logp:
         batch["old_logp_NT"] = rows["logprobs"].astype(np.float32)
-    del S
     return batch
