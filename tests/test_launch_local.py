@@ -1,6 +1,5 @@
 """launch/local.py: N real JAX processes on CPU that see one 8-device system."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,22 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import load_launch_script
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "launch" / "local.py"
 
 
-def _load(name):
-    """launch/ holds scripts, not a package: load one under a unique module name."""
-    path = ROOT / "launch" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"launch_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-local = _load("local")
+local = load_launch_script("local")
 
 
 def _launch(tmp_path, *args, timeout=120):

@@ -1,25 +1,15 @@
 """launch/tpu.py: the exact gcloud commands (--dry-run), argument errors, the preemption loop."""
 
-import importlib.util
 import io
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_launch_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
-def _load(name):
-    """launch/ holds scripts, not a package: load one under a unique module name."""
-    path = ROOT / "launch" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"launch_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-tpu = _load("tpu")
+tpu = load_launch_script("tpu")
 
 V5P = ["--name", "rj", "--zone", "us-east5-a", "--project", "my-proj", "--dry-run"]
 V5E_X2 = ["--name", "rj", "--zone", "us-west4-a", "--num-slices", "2", "--dry-run"]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -36,18 +37,7 @@ CFG = ModelConfig(
 
 
 def _random_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
-    """Every parameter random (HF-style init would leave biases 0 and norms 1)."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-    pure = state.to_pure_dict()
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        noise = rng.normal(size=leaf.shape).astype(np.float32)
-        name = jax.tree_util.keystr(path)
-        return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else 0.1 * noise)
-
-    state.replace_by_pure_dict(jax.tree_util.tree_map_with_path(fill, pure))
-    return nnx.merge(graphdef, state)
+    return nnx.merge(*random_params(cfg, seed, scale=0.1))
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 from flax import nnx
 
-from reason_jax.models import Transformer, from_hf
+from reason_jax.models import from_hf
 from reason_jax.models.config import tiny_llama
 from reason_jax.sampling import generate
 from reason_jax.sampling import sampler as sampler_mod
@@ -45,17 +46,7 @@ LOGP_TOL = 1e-5
 
 
 def _random_params(cfg, seed: int):
-    """(graphdef, pure param dict): every weight random, std 0.2 (norms around 1)."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-    pure = state.to_pure_dict()
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        noise = rng.normal(size=leaf.shape).astype(np.float32)
-        name = jax.tree_util.keystr(path)
-        return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else 0.2 * noise)
-
-    return graphdef, jax.tree_util.tree_map_with_path(fill, pure)
+    return random_params(cfg, seed, scale=0.2)
 
 
 def _prompts(lengths, seed=0, width=None):

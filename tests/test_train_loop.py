@@ -92,11 +92,8 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(full_run, tmp_path, ca
                 os.remove(os.path.join(root, name))
     from reason_jax.train.loop import Run
 
-    import jax
     run = Run(_cfg(), wd)
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)), run.state_shardings)
+    abstract = run.abstract_state()
     with caplog.at_level("WARNING"):
         step, _, meta = run.ckpt.restore(abstract)
     assert step == 2 and meta["step"] == 2
@@ -171,7 +168,6 @@ def test_cli_reports_config_error(capsys):
 def test_trained_workdir_exports_to_transformers(full_run, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -187,9 +183,7 @@ def test_trained_workdir_exports_to_transformers(full_run, tmp_path):
         ref = hf(torch.tensor(tokens)).logits.numpy()
     # The exported weights are the last checkpoint's policy.
     run = Run(_cfg(), full_run)
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)), run.state_shardings)
+    abstract = run.abstract_state()
     _, state, _ = run.ckpt.restore(abstract)
     ours = np.asarray(run.policy.model(state.params)(jnp.asarray(tokens)))
     assert np.abs(ref - ours).max() < 1e-4

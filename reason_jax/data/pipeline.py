@@ -48,8 +48,19 @@ def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
 class PromptBatchIterator:
     """Iterator over batches (lists of ``batch_size`` record dicts) with resumable state.
 
-    Build it with :func:`prompt_iterator`. Finite when ``num_epochs`` is set (it then raises
-    ``StopIteration``), endless otherwise.
+    Finite when ``num_epochs`` is set (it then raises ``StopIteration``), endless otherwise.
+
+    Args:
+        source: anything with ``__len__`` and ``__getitem__(int)`` returning a record.
+        batch_size: records per batch *per process*.
+        seed: shuffle seed (each epoch is shuffled differently).
+        shuffle: shuffle the source; use False for sources whose records are already random
+            draws, such as the countdown train stream.
+        num_epochs: passes over the source; None repeats forever.
+        shard_index, shard_count: this process's slice; default ``jax.process_index()`` and
+            ``jax.process_count()``.
+        drop_remainder: drop a last partial batch (and, for finite runs, cut the stream to
+            whole global batches so every process yields the same number of batches).
     """
 
     def __init__(
@@ -155,38 +166,7 @@ class PromptBatchIterator:
         )
 
 
-def prompt_iterator(
-    source: Sequence[Any],
-    *,
-    batch_size: int,
-    seed: int = 0,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    drop_remainder: bool = True,
-) -> PromptBatchIterator:
-    """Batches of prompt records from a random-access ``source``.
-
-    Args:
-        source: anything with ``__len__`` and ``__getitem__(int)`` returning a record.
-        batch_size: records per batch *per process*.
-        seed: shuffle seed (each epoch is shuffled differently).
-        shuffle: shuffle the source; use False for sources whose records are already random
-            draws, such as the countdown train stream.
-        num_epochs: passes over the source; None repeats forever.
-        shard_index, shard_count: this process's slice; default ``jax.process_index()`` and
-            ``jax.process_count()``.
-        drop_remainder: drop a last partial batch (and, for finite runs, cut the stream to
-            whole global batches so every process yields the same number of batches).
-    """
-    return PromptBatchIterator(
-        source,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        drop_remainder=drop_remainder,
-    )
+def prompt_iterator(source: Sequence[Any], **kwargs: Any) -> PromptBatchIterator:
+    """Batches of prompt records from a random-access ``source`` (see
+    :class:`PromptBatchIterator` for the arguments)."""
+    return PromptBatchIterator(source, **kwargs)

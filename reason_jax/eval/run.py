@@ -20,10 +20,7 @@ def _restore(cfg, workdir: str, step: int | None):
     from reason_jax.train.loop import Run
 
     run = Run(cfg, workdir)
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)), run.state_shardings)
-    restored = run.ckpt.restore(abstract, step)
+    restored = run.ckpt.restore(run.abstract_state(), step)
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first")
     got_step, state, _ = restored

@@ -157,7 +157,7 @@ def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int 
         tokens = jnp.pad(jnp.asarray(tokens), ((0, 0), (0, S - S_in)), constant_values=pad_id)
     key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
     if cache_dtype is None:
-        cache_dtype = graphdef_dtype(model, state)
+        cache_dtype = _compute_dtype(model, state)
     return _generate(graphdef, state, jnp.asarray(tokens, jnp.int32), lengths, key,
                      jnp.float32(temperature), jnp.float32(top_p if top_p is not None else 1.0),
                      group_size=int(group_size), max_new_tokens=int(max_new_tokens),
@@ -166,7 +166,7 @@ def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int 
                      cache_dtype=jnp.dtype(cache_dtype).name)
 
 
-def graphdef_dtype(model, state) -> Any:
+def _compute_dtype(model, state) -> Any:
     cfg = getattr(model, "cfg", None)
     if cfg is not None:
         return cfg.dtype

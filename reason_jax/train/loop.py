@@ -39,6 +39,7 @@ from reason_jax.train.progress import Progress
 from reason_jax.train.rollout import collect, train_batch
 from reason_jax.train.sft import run_sft
 from reason_jax.train.task import build_task
+from reason_jax.verifiers import VerifierPool
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,13 @@ class Run:
                        out_shardings=self.state_shardings)
         return init(params)
 
+    def abstract_state(self):
+        """The TrainState as sharded ShapeDtypeStructs: the restore target on this mesh."""
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            jax.eval_shape(lambda: self.new_state(self.policy.abstract_params)),
+            self.state_shardings)
+
     def initial_params(self):
         if self.cfg.model.init_from:
             return self.policy.load_params(self.cfg.model.init_from)
@@ -142,10 +150,7 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     run = Run(cfg, workdir)
     run.write_run_files()
     data_iter = run.data_iter(cfg.rollout.batch_size)
-    abstract_state = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(lambda: run.new_state(run.policy.abstract_params)),
-        run.state_shardings)
+    abstract_state = run.abstract_state()
     restored = run.ckpt.restore(abstract_state)
     metrics = MetricsWriter(workdir, enabled=run.is_main, tensorboard=cfg.log.tensorboard,
                             plot_every=cfg.log.plot_every)
@@ -178,7 +183,7 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     progress = Progress(cfg.steps, "rl", enabled=run.is_main and cfg.log.progress)
     t_run = time.perf_counter()
     step = start
-    with _Preempted() as preempt, _verifier_pool(cfg) as pool:
+    with _Preempted() as preempt, VerifierPool(cfg.verifier.num_workers) as pool:
         for step in range(start, end):
             t0 = time.perf_counter()
             rollout_params, reshard_s = run.policy.to_rollout(state.params)
@@ -243,20 +248,6 @@ class _HostSlice:
 
     def set_state(self, state):
         self.it.set_state(state)
-
-
-class _verifier_pool:
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def __enter__(self):
-        from reason_jax.verifiers import VerifierPool
-
-        self.pool = VerifierPool(self.cfg.verifier.num_workers)
-        return self.pool
-
-    def __exit__(self, *exc):
-        self.pool.close()
 
 
 def _scalar(v):

@@ -11,7 +11,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -94,6 +93,3 @@ class Policy:
 def count_params(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
-
-def zeros_like_tree(tree):
-    return jax.tree.map(jnp.zeros_like, tree)
