@@ -8,10 +8,10 @@ Run (the default variant is `dapo`, which is also what `reason-jax train` runs w
 then `reason-jax eval --config configs/countdown.py --workdir runs/countdown_dapo`.
 
 Any key can be overridden, e.g. `--config.rl.clip_high=0.3 --config.steps=100`.
-The recipe itself (schema defaults + the algorithm preset) is `reason_jax.train.recipes`.
+The recipe itself (schema defaults + the algorithm preset) is `reason_jax.config.recipes`.
 """
 
-from reason_jax.train.recipes import countdown
+from reason_jax.config.recipes import countdown
 
 
 def get_config(arg: str | None = None):

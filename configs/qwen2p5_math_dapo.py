@@ -14,7 +14,7 @@ Launch on a v5p-32 (16 chips, 4 hosts):
 The same command resumes after preemption (launch/tpu.py --retries does it for you).
 """
 
-from reason_jax.train.base_config import base_config
+from reason_jax.config.schema import base_config
 
 
 def get_config(arg: str | None = None):

@@ -46,7 +46,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _load(args, overrides):
-    from reason_jax.train.config_loading import ConfigError, load_config
+    from reason_jax.config.loading import ConfigError, load_config
 
     try:
         return load_config(args.config, overrides)
@@ -59,8 +59,8 @@ def _workdir(args, default="runs/countdown") -> str:
 
 
 def cmd_train(args, overrides):
-    from reason_jax.train.config_loading import ConfigError
-    from reason_jax.train.loop import train
+    from reason_jax.config.loading import ConfigError
+    from reason_jax.run.loop import train
 
     cfg = _load(args, overrides)
     try:
@@ -72,7 +72,7 @@ def cmd_train(args, overrides):
 
 
 def cmd_sft(args, overrides):
-    from reason_jax.train.standalone import sft_only
+    from reason_jax.run.sft_command import sft_only
 
     cfg = _load(args, overrides)
     print(json.dumps(sft_only(cfg, _workdir(args))))
@@ -96,14 +96,14 @@ def cmd_sample(args, overrides):
 
 
 def cmd_import_hf(args, overrides):
-    from reason_jax.train.hf_commands import import_hf
+    from reason_jax.run.hf_commands import import_hf
 
     info = import_hf(args.src, args.out, dtype=args.dtype)
     print(json.dumps(info))
 
 
 def cmd_export_hf(args, overrides):
-    from reason_jax.train.hf_commands import export_hf_cmd
+    from reason_jax.run.hf_commands import export_hf_cmd
 
     info = export_hf_cmd(args.workdir_or_dir, args.out, dtype=args.dtype)
     print(json.dumps(info))

@@ -36,3 +36,31 @@ def random_params(cfg, seed: int, scale: float):
         return jnp.asarray(1.0 + 0.2 * noise if "norm" in name else scale * noise)
 
     return graphdef, jax.tree_util.tree_map_with_path(fill, state.to_pure_dict())
+
+
+def read_tb_events(logdir: str):
+    """Every Event protobuf in the TFRecord event files under `logdir`, in file order."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos:pos + 8])
+            events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + n]))
+            pos += 12 + n + 4
+    return events
+
+
+def read_tb_scalars(logdir: str) -> dict:
+    """tag -> [(step, value)] as TensorBoard shows it: a SessionLog START at step s (a
+    resumed run) drops the earlier points at steps >= s."""
+    out: dict = {}
+    for e in read_tb_events(logdir):
+        if e.HasField("session_log") and e.session_log.status == 1 and e.step:
+            out = {k: [(s, v) for s, v in pts if s < e.step] for k, pts in out.items()}
+        for v in e.summary.value:
+            out.setdefault(v.tag, []).append((e.step, v.simple_value))
+    return out

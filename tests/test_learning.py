@@ -5,9 +5,9 @@ import statistics
 
 import pytest
 
-from reason_jax.train.config_loading import load_config
-from reason_jax.train.loop import train
-from reason_jax.train.metrics import read_metrics
+from reason_jax.config.loading import load_config
+from reason_jax.run.loop import train
+from reason_jax.observe.metrics import read_metrics
 
 
 @pytest.mark.slow

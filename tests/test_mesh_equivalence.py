@@ -23,7 +23,7 @@ from reason_jax.models.config import tiny_llama
 from reason_jax.sampling import generate
 from reason_jax.sharding import make_mesh
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
-from reason_jax.train.policy import Policy
+from reason_jax.run.policy import Policy
 
 VOCAB = 24
 PAD = 0
@@ -32,7 +32,8 @@ B, G, S, T = 8, 4, 8, 8  # N = 32 rows: 2 minibatches x 2 micro-batches x 8 data
 # One layer: every layer is sharded alike, and compile time dominates this file.
 CFG = tiny_llama(VOCAB, dim=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
                  mlp_dim=64)
-STEP = dict(num_minibatches=2, micro_batches=2, recompute_old_logp=False, entropy_coef=0.01)
+STEP = rl.StepConfig(num_minibatches=2, micro_batches=2, recompute_old_logp=False,
+                     entropy_coef=0.01)
 TOL = 1e-5
 
 MESHES = {
@@ -82,18 +83,17 @@ def _sample(policy, params, mesh):
 
 
 def _train_batch(out):
-    """SampleOutput -> the train step's batch (as `train.rollout.train_batch` builds it)."""
-    prompt_valid = out.prompt_valid.astype(bool)
-    positions_NS = np.maximum(np.cumsum(prompt_valid, 1) - 1, 0)
-    positions_NT = prompt_valid.sum(1)[:, None] + np.arange(T)[None, :]
+    """SampleOutput -> the train step's batch (as `run.rollout.train_batch` builds it)."""
+    tokens_NX, positions_NX, valid_NX = rl.row_layout(out.prompt_tokens, out.prompt_valid,
+                                                      out.tokens, out.mask)
     adv = np.random.default_rng(2).normal(size=out.tokens.shape[0]).astype(np.float32)
     return {
-        "tokens_NL": np.concatenate([out.prompt_tokens, out.tokens], 1).astype(np.int32),
-        "positions_NL": np.concatenate([positions_NS, positions_NT], 1).astype(np.int32),
-        "valid_NL": np.concatenate([prompt_valid, out.mask.astype(bool)], 1),
+        "tokens_NX": tokens_NX,
+        "positions_NX": positions_NX,
+        "valid_NX": valid_NX,
         "mask_NT": out.mask.astype(np.float32),
         "adv_N": adv,
-        "old_logp_NT": out.logprobs.astype(np.float32),
+        "sampler_logp_NT": out.logprobs.astype(np.float32),
     }
 
 
@@ -111,8 +111,8 @@ def _run(name, batch=None):
                                                policy.train_shardings)
     state = jax.jit(rl.create_train_state, static_argnums=1,
                     out_shardings=state_shardings)(params, opt)
-    step = rl.make_train_step(policy.apply_fn, opt, state_shardings=state_shardings,
-                              batch_sharding=rows_sharding(mesh, 1), **STEP)
+    step = rl.make_train_step(policy.apply_fn, opt, STEP,
+                              rl.StepShardings(state_shardings, rows_sharding(mesh, 1)))
     state, metrics = step(state, to_global(batch, mesh))
     # The updated parameters keep the training layout.
     for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(policy.train_shardings)):
@@ -133,7 +133,7 @@ def test_reference_step_is_meaningful(reference):
     lengths = batch["mask_NT"].sum(1)
     assert len(set(lengths.tolist())) > 2 and (lengths < T).any() and (lengths == T).any()
     assert len({tuple(r) for r in greedy.tokens}) > 1
-    assert reference["step"] == 2 and m["updates"] == 2 and m["skipped_steps"] == 0
+    assert reference["step"] == 2 and m["updates"] == 2 and m["nonfinite_skipped"] == 0
     assert np.isfinite(m["loss"]) and m["grad_norm"] > 1e-3
     # The update moved every parameter tensor.
     before = _host_params()

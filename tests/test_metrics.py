@@ -1,4 +1,4 @@
-"""Training-side logging: TensorBoard event files, the progress line, and MetricsWriter."""
+"""Training-side logging: the progress line, MetricsWriter (jsonl, TensorBoard, curves)."""
 
 import io
 import json
@@ -9,135 +9,11 @@ import struct
 import numpy as np
 import pytest
 
-from reason_jax.train import tensorboard as tb
-from reason_jax.train.metrics import MetricsWriter, plot_curves, read_metrics, to_jsonable
-from reason_jax.train.progress import Progress, format_duration, format_value
+from helpers import read_tb_events, read_tb_scalars
+from reason_jax.observe.metrics import MetricsWriter, plot_curves, read_metrics, to_jsonable
+from reason_jax.observe.progress import Progress, format_duration, format_value
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# ---------------------------------------------------------------------------- TensorBoard
-
-
-def test_crc32c_known_values():
-    # The standard CRC-32C check value, and the RFC 3720 (iSCSI) test vector of 32 zero bytes.
-    assert tb.crc32c(b"123456789") == 0xE3069283
-    assert tb.crc32c(bytes(32)) == 0x8A9136AA
-    assert tb.crc32c(b"") == 0
-
-
-def _event_files(logdir):
-    return sorted(os.path.join(logdir, n) for n in os.listdir(logdir) if "tfevents" in n)
-
-
-def test_event_writer_round_trip(tmp_path):
-    logdir = str(tmp_path / "tb")
-    with tb.EventWriter(logdir) as w:
-        w.scalars(1, {"loss": 0.5, "reward/mean": np.float32(0.25), "note": "skipped"})
-        w.scalars(2, {"loss": 0.125, "count": np.int64(7), "flag": True})
-        w.scalars(3, {"loss": float("nan"), "big": 1e40})
-        w.scalars(4, {"only_text": "nothing numeric"})  # writes no event
-    (path,) = _event_files(logdir)
-    assert os.path.basename(path).startswith("events.out.tfevents.")
-    events = list(tb.read_events(path))
-    assert events[0]["file_version"] == "brain.Event:2"
-    assert [e["step"] for e in events[1:]] == [1, 2, 3]
-    assert events[1]["summary"] == {"loss": 0.5, "reward/mean": 0.25}
-    assert events[2]["summary"] == {"loss": 0.125, "count": 7.0, "flag": 1.0}
-    assert math.isnan(events[3]["summary"]["loss"]) and events[3]["summary"]["big"] == math.inf
-    assert all(e["wall_time"] > 1e9 for e in events)
-    assert tb.read_scalars(logdir)["loss"][:2] == [(1, 0.5), (2, 0.125)]
-
-
-def test_event_file_framing_and_crc(tmp_path):
-    with tb.EventWriter(str(tmp_path)) as w:
-        w.scalars(5, {"x": 1.5})
-    (path,) = _event_files(str(tmp_path))
-    data = open(path, "rb").read()
-    # Walk the framing by hand: uint64 length, masked crc of it, payload, masked crc of it.
-    pos, records = 0, 0
-    while pos < len(data):
-        header = data[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == tb.masked_crc32c(header)
-        payload = data[pos + 12:pos + 12 + length]
-        crc = data[pos + 12 + length:pos + 16 + length]
-        assert struct.unpack("<I", crc)[0] == tb.masked_crc32c(payload)
-        pos += 16 + length
-        records += 1
-    assert pos == len(data) and records == 2
-    # A flipped payload byte must be caught.
-    corrupt = bytearray(data)
-    corrupt[-6] ^= 0xFF
-    bad = tmp_path / "events.out.tfevents.bad"
-    bad.write_bytes(bytes(corrupt))
-    with pytest.raises(ValueError, match="corrupt"):
-        list(tb.read_events(str(bad)))
-
-
-def test_event_encoding_matches_protobuf(tmp_path):
-    """Decode with the real protobuf runtime (an independent decoder) when it is installed."""
-    pytest.importorskip("google.protobuf")
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="rj_event_test.proto", package="rjtest",
-                                             syntax="proto3")
-
-    def message(name, fields):
-        m = fdp.message_type.add(name=name)
-        for fname, number, ftype, label, type_name in fields:
-            f = m.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                f.type_name = type_name
-
-    opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    message("Value", [("tag", 1, F.TYPE_STRING, opt, None),
-                      ("simple_value", 2, F.TYPE_FLOAT, opt, None)])
-    message("Summary", [("value", 1, F.TYPE_MESSAGE, rep, ".rjtest.Value")])
-    message("SessionLog", [("status", 1, F.TYPE_INT32, opt, None)])
-    message("Event", [("wall_time", 1, F.TYPE_DOUBLE, opt, None),
-                      ("step", 2, F.TYPE_INT64, opt, None),
-                      ("file_version", 3, F.TYPE_STRING, opt, None),
-                      ("summary", 5, F.TYPE_MESSAGE, opt, ".rjtest.Summary"),
-                      ("session_log", 7, F.TYPE_MESSAGE, opt, ".rjtest.SessionLog")])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    Event = message_factory.GetMessageClass(pool.FindMessageTypeByName("rjtest.Event"))
-
-    with tb.EventWriter(str(tmp_path)) as w:
-        w.scalars(123456789012, {"a/b": 2.5, "c": -1.0})
-        w.session_start(7)
-    (path,) = _event_files(str(tmp_path))
-    data, pos, events = open(path, "rb").read(), 0, []
-    while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
-        events.append(Event.FromString(data[pos + 12:pos + 12 + length]))
-        pos += 16 + length
-    assert events[0].file_version == "brain.Event:2"
-    assert events[1].step == 123456789012
-    assert [(v.tag, v.simple_value) for v in events[1].summary.value] == [("a/b", 2.5),
-                                                                          ("c", -1.0)]
-    assert events[2].step == 7 and events[2].session_log.status == 1
-
-
-def test_tensorboard_event_accumulator(tmp_path):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    with tb.EventWriter(str(tmp_path)) as w:
-        for step in range(1, 4):
-            w.scalars(step, {"reward/mean": step / 4})
-    acc = EventAccumulator(str(tmp_path))
-    acc.Reload()
-    assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [
-        (1, 0.25), (2, 0.5), (3, 0.75)]
-
-
-def test_event_writer_never_clobbers(tmp_path):
-    tb.EventWriter(str(tmp_path)).close()
-    tb.EventWriter(str(tmp_path)).close()
-    assert len(_event_files(str(tmp_path))) == 2
 
 
 # ---------------------------------------------------------------------------- Progress
@@ -234,7 +110,7 @@ def test_metrics_jsonl_content_and_tensorboard(tmp_path):
     assert [json.loads(line) for line in lines] == [
         {"step": 1, "loss": 0.5, "n": 3, "bad": None, "lr": 1e-6}, {"step": 2, "loss": 0.25}]
     assert "NaN" not in lines[0] and read_metrics(str(tmp_path))[1]["loss"] == 0.25
-    scalars = tb.read_scalars(str(tmp_path / "tb"))
+    scalars = read_tb_scalars(str(tmp_path / "tb"))
     assert scalars["loss"] == [(1, 0.5), (2, 0.25)] and scalars["n"] == [(1, 3.0)]
     assert math.isnan(scalars["bad"][0][1])  # TensorBoard keeps the NaN, which is informative
 
@@ -255,8 +131,11 @@ def test_truncate_after_resume(tmp_path):
     steps = [r["step"] for r in read_metrics(str(tmp_path))]
     assert steps == list(range(1, 11))
     # TensorBoard was told that steps >= 7 restart.
-    events = [e for f in _event_files(str(tmp_path / "tb")) for e in tb.read_events(f)]
-    assert any(e.get("session_log_status") == 1 and e["step"] == 7 for e in events)
+    events = read_tb_events(str(tmp_path / "tb"))
+    assert any(e.session_log.status == 1 and e.step == 7 for e in events)
+    # What TensorBoard shows after the purge: each step once.
+    assert [s for s, _ in read_tb_scalars(str(tmp_path / "tb"))["accuracy"]] == list(
+        range(1, 11))
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from reason_jax.train.metrics import read_metrics
+from reason_jax.observe.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = [

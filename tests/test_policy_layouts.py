@@ -5,7 +5,7 @@ import numpy as np
 
 from reason_jax.models import tiny_llama
 from reason_jax.sharding import make_mesh
-from reason_jax.train.policy import Policy
+from reason_jax.run.policy import Policy
 
 
 def test_rollout_layout_drops_fsdp_and_keeps_tensor():

@@ -55,8 +55,8 @@ def test_train_step_micro_batches_equal_full(agg):
     opt = optax.sgd(1.0)
     results = []
     for micro in (1, 4):  # 2 is covered by test_terms_split_equals_full
-        step = rl.make_train_step(apply_fn, opt, micro_batches=micro, agg=agg, beta=0.1,
-                                  entropy_coef=0.01, recompute_old_logp=False)
+        step = rl.make_train_step(apply_fn, opt, rl.StepConfig(
+            micro_batches=micro, agg=agg, beta=0.1, entropy_coef=0.01, recompute_old_logp=False))
         params = init_params()
         state, metrics = step(rl.create_train_state(params, opt), batch)
         grads = jax.tree.map(lambda old, new: old - new, init_params(), state.params)

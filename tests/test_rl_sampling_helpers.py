@@ -1,5 +1,7 @@
 """Dynamic-sampling accumulator, presets, optimizer schedule and completion log-probs."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -18,44 +20,67 @@ def test_group_accumulator_collects_until_full():
     # batch 1: groups [1,1] dropped, [0,1] kept; batch 2: [0,0] dropped, [1,0], [0,1] kept
     assert not acc.add(_gen_batch([1, 1, 0, 1], 0), np.array([1, 1, 0, 1]))
     assert acc.add(_gen_batch([0, 0, 1, 0, 0, 1], 10), np.array([0, 0, 1, 0, 0, 1]))
-    batch, stats = acc.take()
+    batch, loss_rows, stats = acc.take()
     np.testing.assert_array_equal(batch["id"], [2, 3, 12, 13, 14, 15])
-    assert batch["text"] == ["c2", "c3", "c12", "c13", "c14", "c15"]
+    assert batch["text"] == ["c2", "c3", "c12", "c13", "c14", "c15"] and loss_rows.all()
     assert stats == {"dynamic_sampling/groups_dropped": 2, "dynamic_sampling/groups_surplus": 0,
-                     "dynamic_sampling/gen_batches": 2}
+                     "dynamic_sampling/groups_missing": 0, "dynamic_sampling/gen_batches": 2}
 
 
-def test_group_accumulator_truncates_surplus_and_errors_clearly():
+def test_group_accumulator_truncates_surplus():
     acc = rl.GroupAccumulator(target_groups=1, group_size=2, max_gen_batches=2)
     acc.add(_gen_batch([0, 1, 1, 0], 0), np.array([0, 1, 1, 0]))
-    batch, stats = acc.take()
+    batch, loss_rows, stats = acc.take()
     np.testing.assert_array_equal(batch["id"], [0, 1])
-    assert stats["dynamic_sampling/groups_surplus"] == 1
+    assert loss_rows.all() and stats["dynamic_sampling/groups_surplus"] == 1
 
-    acc = rl.GroupAccumulator(target_groups=2, group_size=2, max_gen_batches=2)
-    acc.add(_gen_batch([1, 1], 0), np.array([1, 1]))
-    with pytest.raises(rl.DynamicSamplingError, match=r"kept 0 of the 2 groups.*2 generation"
-                       r" batches.*max_gen_batches"):
-        acc.add(_gen_batch([0, 0], 2), np.array([0, 0]))
+
+def test_group_accumulator_exhausted_pads_with_masked_groups():
+    """Out of generation batches: train on the groups found, padded to the static shape with
+    dropped groups that leave the loss (loss_rows False)."""
+    acc = rl.GroupAccumulator(target_groups=3, group_size=2, max_gen_batches=2)
+    acc.add(_gen_batch([1, 1, 0, 1], 0), np.array([1, 1, 0, 1]))  # keeps group [2, 3]
+    assert not acc.exhausted
+    acc.add(_gen_batch([0, 0, 1, 1], 10), np.array([0, 0, 1, 1]))  # nothing kept
+    assert acc.exhausted and not acc.full
+    batch, loss_rows, stats = acc.take()
+    np.testing.assert_array_equal(batch["id"], [2, 3, 10, 11, 12, 13])
+    np.testing.assert_array_equal(loss_rows, [True, True, False, False, False, False])
+    assert stats["dynamic_sampling/groups_missing"] == 2
+
+    acc = rl.GroupAccumulator(target_groups=3, group_size=2, max_gen_batches=1)
+    acc.add(_gen_batch([0, 0], 0), np.array([0, 0]))  # one dropped group fills three slots
+    batch, loss_rows, _ = acc.take()
+    np.testing.assert_array_equal(batch["id"], [0, 1, 0, 1, 0, 1])
+    assert not loss_rows.any()
 
 
 def test_presets():
-    assert rl.GRPO["clip_low"] == rl.GRPO["clip_high"] == 0.2
-    assert rl.GRPO["beta"] == 0.04 and rl.GRPO["kl_kind"] == "k3"
-    assert rl.GRPO["agg"] == "seq-mean-token-mean" and rl.GRPO["std"] == "unbiased"
-    assert (rl.DAPO["clip_low"], rl.DAPO["clip_high"], rl.DAPO["beta"]) == (0.2, 0.28, 0.0)
-    assert rl.DAPO["agg"] == "token-mean" and rl.DAPO["reward_incorrect"] == -1.0
-    assert rl.DAPO["overlong_shaping"] and rl.DAPO["dynamic_sampling"]
-    assert rl.DR_GRPO["std"] == "none" and rl.DR_GRPO["agg"] == "seq-mean-token-sum-norm"
-    assert rl.GSPO["level"] == "sequence" and (rl.GSPO["clip_low"], rl.GSPO["clip_high"]) == (
-        3e-4, 4e-4)
+    assert rl.GRPO.clip_low == rl.GRPO.clip_high == 0.2
+    assert rl.GRPO.beta == 0.04 and rl.GRPO.kl_kind == "k3"
+    assert rl.GRPO.agg == "seq-mean-token-mean" and rl.GRPO.std == "unbiased"
+    assert (rl.DAPO.clip_low, rl.DAPO.clip_high, rl.DAPO.beta) == (0.2, 0.28, 0.0)
+    assert rl.DAPO.agg == "token-mean" and rl.DAPO.reward_incorrect == -1.0
+    assert rl.DAPO.overlong_shaping and rl.DAPO.dynamic_sampling
+    assert rl.DAPO.overlong_window(20480) == 4096 and rl.DAPO.overlong_window(16) == 3
+    assert rl.DR_GRPO.std == "none" and rl.DR_GRPO.agg == "seq-mean-token-sum-norm"
+    assert rl.GSPO.level == "sequence" and (rl.GSPO.clip_low, rl.GSPO.clip_high) == (3e-4, 4e-4)
     for name, preset in rl.PRESETS.items():
-        kwargs = rl.step_kwargs(preset)
-        assert set(kwargs) == set(rl.TRAIN_STEP_KEYS), name
-        assert preset["agg"] in rl.AGG_MODES and preset["std"] in rl.STD_MODES
-    cfg = rl.get_preset("dapo")
-    cfg["beta"] = 1.0
-    assert rl.DAPO["beta"] == 0.0
+        assert isinstance(preset, rl.StepConfig), name
+    assert rl.get_preset("dr_grpo") is rl.get_preset("drgrpo") is rl.DR_GRPO
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rl.DAPO.beta = 1.0
+    assert rl.DAPO.replace(beta=1.0).beta == 1.0 and rl.DAPO.beta == 0.0
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(clip_low=1.0), "clip_low"), (dict(agg="mean"), "agg"), (dict(micro_batches=0),
+    "micro_batches"), (dict(rollout_correction="tis", recompute_old_logp=False),
+    "recompute_old_logp"), (dict(rollout_correction="mis", rollout_correction_cap=0.5),
+    "rollout_correction_cap"), (dict(filter_metric="score"), "filter_metric")])
+def test_step_config_validates(bad, match):
+    with pytest.raises(ValueError, match=match):
+        rl.StepConfig(**bad)
 
 
 def test_schedule():
@@ -77,11 +102,11 @@ def test_completion_logprobs_alignment_and_chunked_fn():
         static_argnums=2,
     )
     logp, ent = logprobs(params, batch, 1.0)
-    logits = jax.jit(apply_fn)(params, batch["tokens_NL"], batch["positions_NL"],
-                               batch["valid_NL"])
+    logits = jax.jit(apply_fn)(params, batch["tokens_NX"], batch["positions_NX"],
+                               batch["valid_NX"])
     i, t = 3, 2  # completion token t is predicted at column S - 1 + t
     row = np.asarray(logits[i, S - 1 + t], np.float64)
-    token = int(batch["tokens_NL"][i, S + t])
+    token = int(batch["tokens_NX"][i, S + t])
 
     def log_softmax(z):
         return z - np.log(np.sum(np.exp(z - z.max()))) - z.max()

@@ -21,11 +21,11 @@ def init_params(seed=0):
     }
 
 
-def apply_fn(params, tokens_NL, positions_NL, valid_NL):
+def apply_fn(params, tokens_NX, positions_NX, valid_NX):
     """Causal mean of valid token embeddings + position embedding -> tanh -> vocab."""
-    x_NLD = params["emb_VD"][tokens_NL] * valid_NL[..., None]
-    count_NL1 = jnp.maximum(jnp.cumsum(valid_NL, axis=1), 1)[..., None]
-    h_NLD = jnp.tanh(jnp.cumsum(x_NLD, axis=1) / count_NL1 + params["pos_LD"][positions_NL])
+    x_NLD = params["emb_VD"][tokens_NX] * valid_NX[..., None]
+    count_NL1 = jnp.maximum(jnp.cumsum(valid_NX, axis=1), 1)[..., None]
+    h_NLD = jnp.tanh(jnp.cumsum(x_NLD, axis=1) / count_NL1 + params["pos_LD"][positions_NX])
     return h_NLD @ params["out_DV"]
 
 
@@ -45,14 +45,14 @@ def make_batch(n=16, seed=0, *, with_ref=True, noise=0.05):
     positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0) * valid
     mask = valid[:, S:].astype(np.float32)
     batch = {
-        "tokens_NL": jnp.asarray(tokens),
-        "positions_NL": jnp.asarray(positions, jnp.int32),
-        "valid_NL": jnp.asarray(valid),
+        "tokens_NX": jnp.asarray(tokens),
+        "positions_NX": jnp.asarray(positions, jnp.int32),
+        "valid_NX": jnp.asarray(valid),
         "mask_NT": jnp.asarray(mask),
         "adv_N": jnp.asarray(rng.normal(size=n), jnp.float32),
     }
     logp, _ = _logprobs(init_params(), batch)
-    batch["old_logp_NT"] = logp + noise * jnp.asarray(rng.normal(size=(n, T)), jnp.float32)
+    batch["sampler_logp_NT"] = logp + noise * jnp.asarray(rng.normal(size=(n, T)), jnp.float32)
     if with_ref:
         batch["ref_logp_NT"] = logp + noise * jnp.asarray(rng.normal(size=(n, T)), jnp.float32)
     return batch
@@ -60,9 +60,9 @@ def make_batch(n=16, seed=0, *, with_ref=True, noise=0.05):
 
 def test_toy_batch_layout():
     batch = make_batch(4)
-    assert batch["tokens_NL"].shape == (4, L) and batch["mask_NT"].shape == (4, T)
+    assert batch["tokens_NX"].shape == (4, L) and batch["mask_NT"].shape == (4, T)
     # Loss mask = the valid completion tokens; prompts are left-padded (last prompt column real).
-    np.testing.assert_array_equal(batch["mask_NT"], batch["valid_NL"][:, S:])
-    assert bool(jnp.all(batch["valid_NL"][:, S - 1]))
-    logits = apply_fn(init_params(), batch["tokens_NL"], batch["positions_NL"], batch["valid_NL"])
+    np.testing.assert_array_equal(batch["mask_NT"], batch["valid_NX"][:, S:])
+    assert bool(jnp.all(batch["valid_NX"][:, S - 1]))
+    logits = apply_fn(init_params(), batch["tokens_NX"], batch["positions_NX"], batch["valid_NX"])
     assert logits.shape == (4, L, V)

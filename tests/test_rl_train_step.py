@@ -11,8 +11,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from reason_jax import rl
 from test_rl_toy_model import T, apply_fn, init_params, make_batch
 
-STEP = dict(ppo_epochs=2, num_minibatches=2, micro_batches=2, beta=0.04, entropy_coef=0.01,
-            recompute_old_logp=False, dual_clip=3.0)
+STEP = rl.StepConfig(ppo_epochs=2, num_minibatches=2, micro_batches=2, beta=0.04,
+                     entropy_coef=0.01, recompute_old_logp=False, dual_clip=3.0)
 
 
 def _copy(tree):
@@ -29,7 +29,7 @@ def test_sharded_matches_single_device():
     opt = rl.make_optimizer(1e-2, warmup_steps=2, total_steps=10, weight_decay=0.1)
     batch = make_batch(16)
 
-    single = rl.make_train_step(apply_fn, opt, **STEP)
+    single = rl.make_train_step(apply_fn, opt, STEP)
     state1, m1 = single(rl.create_train_state(init_params(), opt), batch)
 
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "fsdp"))
@@ -44,8 +44,8 @@ def test_sharded_matches_single_device():
                     out_shardings=state_shardings)(params, opt)
     assert state.opt_state[1].inner_state[0].mu["out_DV"].sharding.spec == P("fsdp", None)
     batch_sharding = NamedSharding(mesh, P("data"))
-    sharded = rl.make_train_step(apply_fn, opt, state_shardings=state_shardings,
-                                 batch_sharding=batch_sharding, **STEP)
+    sharded = rl.make_train_step(apply_fn, opt, STEP,
+                                 rl.StepShardings(state_shardings, batch_sharding))
     state2, m2 = sharded(state, jax.device_put(batch, batch_sharding))
 
     assert state2.params["out_DV"].sharding.spec == P("fsdp", None)
@@ -55,14 +55,15 @@ def test_sharded_matches_single_device():
     assert int(state2.step) == 4 and float(m1["updates"]) == 4
     assert set(m1) >= {"loss", "pg_loss", "kl", "entropy", "grad_norm", "clip_frac/low",
                        "clip_frac/high", "ratio/mean", "ratio/max", "learning_rate",
-                       "skipped_steps", "nonfinite_skipped"}
+                       "nonfinite_skipped"}
     np.testing.assert_allclose(m1["learning_rate"], 1e-2 * np.cos(np.pi / 16) ** 2, rtol=1e-5)
 
 
 def test_on_policy_gradient_is_plain_policy_gradient():
     """old == new: no clip binds and the update is -sum A grad logp / count (SGD, lr 1)."""
     batch = make_batch(8, seed=1, with_ref=False)
-    step = rl.make_train_step(apply_fn, optax.sgd(1.0), recompute_old_logp=True)
+    step = rl.make_train_step(apply_fn, optax.sgd(1.0),
+                              rl.StepConfig(recompute_old_logp=True))
     params = init_params(1)
     state, m = step(rl.create_train_state(_copy(params), optax.sgd(1.0)), batch)
     assert float(m["clip_frac/low"]) == 0.0 and float(m["clip_frac/high"]) == 0.0
@@ -89,9 +90,10 @@ def test_apply_fn_only_for_the_policy(beta, recompute, calls):
 
     batch = make_batch(8, seed=2, with_ref=beta > 0)
     if recompute:
-        del batch["old_logp_NT"]  # not needed when the step recomputes it
+        del batch["sampler_logp_NT"]  # not needed when the step recomputes it
     opt = optax.adam(1e-3)
-    step = rl.make_train_step(counting_apply, opt, beta=beta, recompute_old_logp=recompute)
+    step = rl.make_train_step(counting_apply, opt,
+                              rl.StepConfig(beta=beta, recompute_old_logp=recompute))
     # Tracing is enough to see every forward pass (eval_shape: no compile, keeps tests fast).
     _, m = jax.eval_shape(step, rl.create_train_state(init_params(), opt),
                           rl.RolloutBatch(**batch))
@@ -104,7 +106,7 @@ def test_apply_fn_only_for_the_policy(beta, recompute, calls):
 def test_missing_ref_logp_raises():
     batch = make_batch(8, with_ref=False)
     opt = optax.adam(1e-3)
-    step = rl.make_train_step(apply_fn, opt, beta=0.1)
+    step = rl.make_train_step(apply_fn, opt, rl.StepConfig(beta=0.1))
     with pytest.raises(ValueError, match="ref_logp_NT"):
         step(rl.create_train_state(init_params(), opt), batch)
 
@@ -113,10 +115,11 @@ def test_nonfinite_update_is_skipped():
     opt = rl.make_optimizer(1e-2, warmup_steps=0, total_steps=10)
     batch = make_batch(8, seed=3, with_ref=False)
     batch["adv_N"] = batch["adv_N"].at[0].set(jnp.nan)  # row 0 -> minibatch 0 of 2
-    step = rl.make_train_step(apply_fn, opt, num_minibatches=2, recompute_old_logp=False)
+    step = rl.make_train_step(apply_fn, opt,
+                              rl.StepConfig(num_minibatches=2, recompute_old_logp=False))
     params = init_params()
     state, m = step(rl.create_train_state(_copy(params), opt), batch)
-    assert int(m["nonfinite_skipped"]) == 1 and int(m["skipped_steps"]) == 1
+    assert int(m["nonfinite_skipped"]) == 1
     assert int(state.step) == 1
     assert np.isfinite(float(m["loss"]))  # the mean covers the applied update only
 
@@ -137,7 +140,7 @@ def test_compiles_once():
         return apply_fn(params, *args)
 
     opt = rl.make_optimizer(1e-3, warmup_steps=1, total_steps=5)
-    step = rl.make_train_step(counting_apply, opt, micro_batches=2)
+    step = rl.make_train_step(counting_apply, opt, rl.StepConfig(micro_batches=2))
     state = rl.create_train_state(init_params(), opt)
     for seed in range(3):
         batch = make_batch(8, seed=seed, with_ref=False)
@@ -150,7 +153,7 @@ def test_bfloat16_params_keep_dtype_and_train():
     """bf16 params: dtypes preserved, and no NaN from bf16 Adam hyperparameters (b2 -> 1.0)."""
     opt = rl.make_optimizer(1e-3, warmup_steps=1, total_steps=10, weight_decay=0.1)
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), init_params())
-    step = rl.make_train_step(apply_fn, opt, num_minibatches=2, micro_batches=2)
+    step = rl.make_train_step(apply_fn, opt, rl.StepConfig(num_minibatches=2, micro_batches=2))
     state, m = step(rl.create_train_state(params, opt), make_batch(8, with_ref=False))
     assert int(m["nonfinite_skipped"]) == 0 and int(state.step) == 2
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.params))

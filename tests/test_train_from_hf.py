@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from reason_jax.cli import main  # noqa: E402
-from reason_jax.train.metrics import read_metrics  # noqa: E402
+from reason_jax.observe.metrics import read_metrics  # noqa: E402
 
 OVERRIDES = [
     "--config.steps=2", "--config.sft.steps=0", "--config.rollout.batch_size=8",

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from reason_jax.train.config_loading import ConfigError, load_config, validate
-from reason_jax.train.loop import train
-from reason_jax.train.metrics import read_metrics
+from reason_jax.config.loading import ConfigError, load_config, validate
+from reason_jax.run.loop import train
+from reason_jax.observe.metrics import read_metrics
 
 SMALL = [
     "steps=4", "sft.steps=3", "sft.batch_size=16", "rollout.batch_size=8",
@@ -90,7 +90,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(full_run, tmp_path, ca
         for name in files:
             if name != "_METADATA":
                 os.remove(os.path.join(root, name))
-    from reason_jax.train.loop import Run
+    from reason_jax.run.loop import Run
 
     run = Run(_cfg(), wd)
     abstract = run.abstract_state()
@@ -173,7 +173,7 @@ def test_trained_workdir_exports_to_transformers(full_run, tmp_path):
 
     from reason_jax.cli import main
     from reason_jax.models import from_hf
-    from reason_jax.train.loop import Run
+    from reason_jax.run.loop import Run
 
     out = str(tmp_path / "hf")
     main(["export-hf", full_run, out])

@@ -31,7 +31,7 @@ def quick() -> bool:
 
 
 def load(args, overrides):
-    from reason_jax.train.config_loading import ConfigError, load_config
+    from reason_jax.config.loading import ConfigError, load_config
 
     try:
         return load_config(getattr(args, "config", None), overrides)
@@ -56,14 +56,14 @@ def tokenizer_facts(cfg) -> tuple[int, int]:
 
         tok = countdown_tokenizer()
     else:
-        from reason_jax.train.task import build_task
+        from reason_jax.run.task import build_task
 
         tok = build_task(cfg).tokenizer
     return int(tok.vocab_size), int(tok.pad_id)
 
 
 def model_config(cfg):
-    from reason_jax.train.policy import model_config_from_run
+    from reason_jax.run.policy import model_config_from_run
 
     vocab, pad = tokenizer_facts(cfg)
     return model_config_from_run(cfg, vocab), pad

@@ -30,9 +30,9 @@ def run(args, overrides) -> dict:
                 "log.tensorboard=False", "log.progress=False", "log.plot_every=1000000",
                 "checkpoint.every=1000000"]
     cfg = common.load(args, defaults + list(overrides))
-    from reason_jax.train.config_loading import ConfigError
-    from reason_jax.train.loop import train
-    from reason_jax.train.metrics import read_metrics
+    from reason_jax.config.loading import ConfigError
+    from reason_jax.run.loop import train
+    from reason_jax.observe.metrics import read_metrics
 
     workdir = getattr(args, "workdir", None)
     tmp = None

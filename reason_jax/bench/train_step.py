@@ -1,7 +1,7 @@
 """`reason-jax bench train-step`: the jitted RL update on a synthetic rollout batch, and
 (`--dry-run`) per-device memory estimates for the config's mesh without running anything.
 
-The policy, optimizer, state shardings and train step are built exactly as `train.loop.Run`
+The policy, optimizer, state shardings and train step are built exactly as `run.loop.Run`
 builds them (same functions, same config keys). The batch has N = B*G rows of S prompt +
 T response tokens, all valid, every response token in the loss, random advantages.
 """
@@ -21,62 +21,56 @@ import numpy as np
 
 from reason_jax import rl
 from reason_jax.bench import common
+from reason_jax.config.resolve import step_config
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
 from reason_jax.sharding.mesh import make_mesh
 from reason_jax.sharding.rules import BATCH_AXES, ROLLOUT_RULES, TRAIN_RULES
-from reason_jax.train.policy import Policy
+from reason_jax.run.policy import Policy
 
 log = logging.getLogger(__name__)
 
 
 def _optimizer(cfg):
-    o = cfg.optimizer
-    return rl.make_optimizer(o.lr, o.warmup_steps, max(cfg.steps, 1), o.schedule,
+    o, step = cfg.optimizer, step_config(cfg)
+    updates = max(cfg.steps, 1) * step.ppo_epochs * step.num_minibatches
+    return rl.make_optimizer(o.lr, o.warmup_steps, updates, o.schedule,
                              o.weight_decay, o.b1, o.b2, o.grad_clip)
 
 
 def _build(cfg, mesh, model_cfg):
     """Policy, optimizer, state shardings and the jitted step, as `Run.__init__` does."""
-    r = cfg.rl
     policy = Policy(model_cfg, mesh)
     optimizer = _optimizer(cfg)
     state_shardings = rl.train_state_shardings(policy.abstract_params, optimizer,
                                                policy.train_shardings)
-    step = rl.make_train_step(
-        policy.apply_fn, optimizer,
-        ppo_epochs=r.ppo_epochs, num_minibatches=r.num_minibatches,
-        micro_batches=r.micro_batches, clip_low=r.clip_low, clip_high=r.clip_high,
-        dual_clip=r.dual_clip, agg=r.agg, level=r.level, beta=r.beta, kl_kind=r.kl_kind,
-        entropy_coef=r.entropy_coef, recompute_old_logp=r.recompute_old_logp,
-        state_shardings=state_shardings, batch_sharding=rows_sharding(mesh, 1))
+    step = rl.make_train_step(policy.apply_fn, optimizer, step_config(cfg),
+                              rl.StepShardings(state_shardings, rows_sharding(mesh, 1)))
     return policy, optimizer, state_shardings, step
 
 
 def _batch_shapes(cfg, N, S, T) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    L = S + T
-    shapes = {"tokens_NL": ((N, L), np.int32), "positions_NL": ((N, L), np.int32),
-              "valid_NL": ((N, L), np.bool_), "mask_NT": ((N, T), np.float32),
-              "adv_N": ((N,), np.float32)}
-    if not cfg.rl.recompute_old_logp:
-        shapes["old_logp_NT"] = ((N, T), np.float32)
-    if cfg.rl.beta > 0:
+    """The shapes of `synthetic_batch`, without allocating it (dry runs at pod scale)."""
+    X = S + T
+    shapes = {"tokens_NX": ((N, X), np.int32), "positions_NX": ((N, X), np.int32),
+              "valid_NX": ((N, X), np.bool_), "mask_NT": ((N, T), np.float32),
+              "adv_N": ((N,), np.float32), "sampler_logp_NT": ((N, T), np.float32)}
+    if step_config(cfg).uses_kl:
         shapes["ref_logp_NT"] = ((N, T), np.float32)
     return shapes
 
 
 def synthetic_batch(cfg, N, S, T, vocab, seed=0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    L = S + T
+    X = S + T
     batch = {
-        "tokens_NL": rng.integers(0, vocab, size=(N, L), dtype=np.int32),
-        "positions_NL": np.broadcast_to(np.arange(L, dtype=np.int32), (N, L)).copy(),
-        "valid_NL": np.ones((N, L), bool),
+        "tokens_NX": rng.integers(0, vocab, size=(N, X), dtype=np.int32),
+        "positions_NX": np.broadcast_to(np.arange(X, dtype=np.int32), (N, X)).copy(),
+        "valid_NX": np.ones((N, X), bool),
         "mask_NT": np.ones((N, T), np.float32),
         "adv_N": rng.standard_normal(N).astype(np.float32),
+        "sampler_logp_NT": (-rng.exponential(1.0, size=(N, T))).astype(np.float32),
     }
-    if not cfg.rl.recompute_old_logp:
-        batch["old_logp_NT"] = (-rng.exponential(1.0, size=(N, T))).astype(np.float32)
-    if cfg.rl.beta > 0:
+    if step_config(cfg).uses_kl:
         batch["ref_logp_NT"] = (-rng.exponential(1.0, size=(N, T))).astype(np.float32)
     return batch
 
@@ -85,13 +79,13 @@ def analytic_flops(model_cfg, cfg, N, S, T) -> float:
     """Matmul FLOPs of one step: forward 2 x (non-embedding params + LM head) per token plus
     attention (full L x L scores, as computed), backward 2x forward, plus one forward when
     old log-probs are recomputed; times ppo_epochs."""
-    m = model_cfg
-    L = S + T
+    m, step = model_cfg, step_config(cfg)
+    X = S + T
     D, F, Q, K, H, V = m.dim, m.mlp_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.vocab_size
-    per_layer = 2 * (D * Q * H * 2 + D * K * H * 2 + 3 * D * F) + 4 * Q * H * L
+    per_layer = 2 * (D * Q * H * 2 + D * K * H * 2 + 3 * D * F) + 4 * Q * H * X
     fwd_per_token = m.num_layers * per_layer + 2 * D * V
-    passes = 3 + (1 if cfg.rl.recompute_old_logp else 0)
-    return float(fwd_per_token) * N * L * passes * cfg.rl.ppo_epochs
+    passes = 3 + (1 if step.recompute_old_logp else 0)
+    return float(fwd_per_token) * N * X * passes * step.ppo_epochs
 
 
 def _sizes(cfg):
@@ -106,7 +100,7 @@ def run(args, overrides) -> dict:
     cfg = common.load(args, overrides)
     if getattr(args, "dry_run", False):
         return dry_run(cfg, args, overrides)
-    from reason_jax.train.config_loading import ConfigError, validate
+    from reason_jax.config.loading import ConfigError, validate
 
     try:
         validate(cfg, jax.device_count())
@@ -167,7 +161,8 @@ def run(args, overrides) -> dict:
     # XLA's cost analysis counts a while-loop body once, whatever its trip count: with more
     # than one epoch / minibatch / micro-batch (lax.scan loops) it undercounts, so the
     # analytic count is used then.
-    loops = int(cfg.rl.ppo_epochs * cfg.rl.num_minibatches * cfg.rl.micro_batches)
+    step_cfg = step_config(cfg)
+    loops = int(step_cfg.ppo_epochs * step_cfg.num_minibatches * step_cfg.micro_batches)
     use_xla = bool(flops_xla_total and flops_xla_total > 0 and loops == 1)
     flops_used = flops_xla_total if use_xla else flops_an
     return {
@@ -175,7 +170,7 @@ def run(args, overrides) -> dict:
         **common.device_info(),
         "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "model": {"num_params": num_params, **_model_fields(model_cfg)},
-        "B": B, "G": G, "N": N, "S": S, "T": T, "L": S + T,
+        "B": B, "G": G, "N": N, "S": S, "T": T, "X": S + T,
         "rl": {k: cfg.rl[k] for k in ("algo", "ppo_epochs", "num_minibatches", "micro_batches",
                                       "recompute_old_logp", "beta")},
         "iters": iters,
@@ -217,7 +212,7 @@ def dry_run(cfg, args=None, overrides=()) -> dict:
     ndev = math.prod(sizes.values())
     B, G, S, T = _sizes(cfg)
     N = B * G
-    r = cfg.rl
+    r = step_config(cfg)
     data = math.prod(sizes[a] for a in BATCH_AXES)
     problems = []
     if B % data:

@@ -12,12 +12,12 @@ import numpy as np
 from reason_jax.eval.metrics import summarise
 from reason_jax.sampling import generate
 from reason_jax.sharding.host_arrays import to_local
-from reason_jax.train.rollout import global_prompts
-from reason_jax.train.task import decode_completions
+from reason_jax.run.rollout import global_prompts
+from reason_jax.run.task import decode_completions
 
 
 def _restore(cfg, workdir: str, step: int | None):
-    from reason_jax.train.loop import Run
+    from reason_jax.run.loop import Run
 
     run = Run(cfg, workdir)
     restored = run.ckpt.restore(run.abstract_state(), step)

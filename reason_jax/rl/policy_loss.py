@@ -70,8 +70,12 @@ def policy_loss_terms(
     dual_clip=None,
     agg="token-mean",
     level="token",
+    weight_NT=None,
 ):
     """Additive pieces of the policy loss for one (micro-)batch.
+
+    `weight_NT` (no gradient; e.g. TIS rollout-correction weights) multiplies each token's
+    loss before aggregation.
 
     Returns (numerator, sums): numerator / agg_normaliser(full-minibatch mask, agg) is the
     loss; `sums` holds `tokens`, `clip_low`, `clip_high`, `clip_dual`, `ratio_sum` (sums over
@@ -90,6 +94,8 @@ def policy_loss_terms(
     loss_NT, low_NT, high_NT, dual_NT = clipped_surrogate(
         ratio_NT, adv_N[:, None], clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip
     )
+    if weight_NT is not None:
+        loss_NT = loss_NT * jax.lax.stop_gradient(weight_NT.astype(jnp.float32))
     numerator = agg_numerator(loss_NT, maskf_NT, agg)
     ratio_sg_NT = jax.lax.stop_gradient(ratio_NT)
     sums = {

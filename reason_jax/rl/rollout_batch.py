@@ -1,10 +1,12 @@
 """The rollout batch the train step consumes, and the log-probs of its completion tokens.
 
 Dimensions: N rollouts (B prompts x G samples, rows of a group adjacent), S prompt bucket length
-(static), T response length, L = S + T, V vocab.
+(static), T response length, X = S + T row length, V vocab.
 
-Row layout: the prompt left-padded to S, then T completion tokens (padding after the stop).
-Completion token t sits at column S + t and is predicted by the logits at column S - 1 + t.
+Row layout (`row_layout` is its one owner): the prompt left-padded to S, then T completion
+tokens (padding after the stop). Completion token t sits at column S + t and is predicted by
+the logits at column S - 1 + t. Positions count real tokens only, so a left-padded prompt gets
+the same position ids as the sampler gave it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reason_jax.rl.entropy import entropy_from_logits
 
-# apply_fn(params, tokens_NL, positions_NL, valid_NL) -> logits_NLV
+# apply_fn(params, tokens_NX, positions_NX, valid_NX) -> logits_NXV
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
@@ -25,19 +28,39 @@ ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 class RolloutBatch:
     """One rollout batch. A plain dict with the same keys works everywhere too.
 
-    tokens_NL int32, positions_NL int32 (position ids, pads 0), valid_NL bool (real tokens,
+    tokens_NX int32, positions_NX int32 (position ids, pads 0), valid_NX bool (real tokens,
     attention keys), mask_NT (loss mask: completion tokens up to and including EOS), adv_N
-    float, old_logp_NT (sampler log-probs; optional when the step recomputes them),
-    ref_logp_NT (reference log-probs; only read when beta > 0).
+    float, sampler_logp_NT (the sampler's log-probs: pi_old when the step does not recompute
+    it, else the rollout side of the mismatch correction), ref_logp_NT (reference log-probs;
+    only read when beta > 0).
     """
 
-    tokens_NL: jax.Array
-    positions_NL: jax.Array
-    valid_NL: jax.Array
+    tokens_NX: jax.Array
+    positions_NX: jax.Array
+    valid_NX: jax.Array
     mask_NT: jax.Array
     adv_N: jax.Array
-    old_logp_NT: jax.Array | None = None
+    sampler_logp_NT: jax.Array | None = None
     ref_logp_NT: jax.Array | None = None
+
+
+def row_layout(prompt_tokens_NS, prompt_valid_NS, tokens_NT, mask_NT):
+    """Left-padded prompts + completions -> (tokens_NX, positions_NX, valid_NX).
+
+    numpy in, numpy out (the host batch); jax in, jax out. Valid keys are the real prompt
+    tokens and the completion up to and including its stop; positions run 0, 1, ... over the
+    real prompt tokens and continue through the completion (padding gets 0).
+    """
+    xp = np if isinstance(prompt_tokens_NS, np.ndarray) else jnp
+    prompt_valid_NS = xp.asarray(prompt_valid_NS).astype(bool)
+    T = tokens_NT.shape[1]
+    prompt_len_N = prompt_valid_NS.sum(1)
+    positions_NS = xp.maximum(xp.cumsum(prompt_valid_NS, 1) - 1, 0)
+    positions_NT = prompt_len_N[:, None] + xp.arange(T)[None, :]
+    tokens_NX = xp.concatenate([prompt_tokens_NS, tokens_NT], 1).astype(xp.int32)
+    positions_NX = xp.concatenate([positions_NS, positions_NT], 1).astype(xp.int32)
+    valid_NX = xp.concatenate([prompt_valid_NS, xp.asarray(mask_NT).astype(bool)], 1)
+    return tokens_NX, positions_NX, valid_NX
 
 
 def get_field(batch, name: str, default=None):
@@ -54,16 +77,16 @@ def completion_logprobs(apply_fn: ApplyFn, params, batch, T: int, *, temperature
     of the distribution the tokens were actually drawn from. Used for the policy (with
     gradient) in the train step, and by the loop for old / reference log-probs.
     """
-    tokens_NL = get_field(batch, "tokens_NL")
-    logits_NLV = apply_fn(
-        params, tokens_NL, get_field(batch, "positions_NL"), get_field(batch, "valid_NL")
+    tokens_NX = get_field(batch, "tokens_NX")
+    logits_NXV = apply_fn(
+        params, tokens_NX, get_field(batch, "positions_NX"), get_field(batch, "valid_NX")
     )
-    S = tokens_NL.shape[1] - T
+    S = tokens_NX.shape[1] - T
     # Slice before the softmax: only the T predicting positions matter, not the prompt's S.
-    logits_NTV = logits_NLV[:, S - 1 : S - 1 + T].astype(jnp.float32)
+    logits_NTV = logits_NXV[:, S - 1 : S - 1 + T].astype(jnp.float32)
     if temperature != 1.0:
         logits_NTV = logits_NTV / temperature
-    targets_NT = tokens_NL[:, S:]
+    targets_NT = tokens_NX[:, S:]
     logp_all_NTV = jax.nn.log_softmax(logits_NTV, axis=-1)
     logp_NT = jnp.take_along_axis(logp_all_NTV, targets_NT[..., None], axis=-1)[..., 0]
     return logp_NT, entropy_from_logits(logits_NTV)
@@ -86,29 +109,28 @@ def merge_rows(x):
     return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def make_logprob_fn(
-    apply_fn: ApplyFn,
-    T: int,
-    *,
-    chunks: int = 1,
-    temperature: float = 1.0,
-    batch_sharding=None,
-):
-    """Jitted `fn(params, batch) -> logp_NT` over `chunks` sequential row chunks.
+def chunked_logprobs(apply_fn: ApplyFn, params, batch, T: int, *, chunks: int = 1,
+                     temperature: float = 1.0, sharding=None):
+    """logp_NT (no gradient) over `chunks` sequential row chunks: chunking bounds the
+    [rows, T, V] logits held at once. Jittable."""
+    fields = {k: get_field(batch, k) for k in ("tokens_NX", "positions_NX", "valid_NX")}
+    chunked = jax.tree.map(lambda x: split_rows(x, chunks), fields)
 
-    For the loop: reference log-probs (params = reference weights) or old log-probs computed
-    outside the train step. Chunking bounds the [rows, T, V] logits held at once.
-    """
+    def one(chunk):
+        if sharding is not None:
+            chunk = jax.lax.with_sharding_constraint(chunk, sharding)
+        return completion_logprobs(apply_fn, params, chunk, T, temperature=temperature)[0]
+
+    return jax.lax.stop_gradient(merge_rows(jax.lax.map(one, chunked)))
+
+
+def make_logprob_fn(apply_fn: ApplyFn, T: int, *, chunks: int = 1, temperature: float = 1.0,
+                    batch_sharding=None):
+    """Jitted `fn(params, batch) -> logp_NT`: reference log-probs for the loop (params = the
+    reference weights), or pi_old computed outside the train step."""
 
     def fn(params, batch):
-        fields = {k: get_field(batch, k) for k in ("tokens_NL", "positions_NL", "valid_NL")}
-        chunked = jax.tree.map(lambda x: split_rows(x, chunks), fields)
-
-        def one(chunk):
-            if batch_sharding is not None:
-                chunk = jax.lax.with_sharding_constraint(chunk, batch_sharding)
-            return completion_logprobs(apply_fn, params, chunk, T, temperature=temperature)[0]
-
-        return merge_rows(jax.lax.map(one, chunked))
+        return chunked_logprobs(apply_fn, params, batch, T, chunks=chunks,
+                                temperature=temperature, sharding=batch_sharding)
 
     return jax.jit(fn)

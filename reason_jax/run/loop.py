@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
 from typing import Any
@@ -25,20 +24,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reason_jax import rl
+from reason_jax import paths, rl
 from reason_jax.data.pipeline import prompt_iterator
+from reason_jax.config.loading import validate
+from reason_jax.config.resolve import step_config
+from reason_jax.observe.metrics import MetricsWriter
+from reason_jax.observe.progress import Progress
+from reason_jax.run.checkpoint import Checkpointer, MODEL_CONFIG
+from reason_jax.run.compile_counter import compile_count
+from reason_jax.run.policy import Policy, model_config_from_run
+from reason_jax.run.rollout import collect, train_batch
 from reason_jax.sharding import distributed
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
+from reason_jax.sharding.hosts import HostSlice
 from reason_jax.sharding.mesh import make_mesh
-from reason_jax.train.checkpoint import Checkpointer, MODEL_CONFIG
-from reason_jax.train.compile_counter import compile_count
-from reason_jax.train.config_loading import validate
-from reason_jax.train.metrics import MetricsWriter
-from reason_jax.train.policy import Policy, model_config_from_run
-from reason_jax.train.progress import Progress
-from reason_jax.train.rollout import collect, train_batch
-from reason_jax.train.sft import run_sft
-from reason_jax.train.task import build_task
+from reason_jax.run.sft import run_sft
+from reason_jax.run.task import build_task
 from reason_jax.verifiers import VerifierPool
 
 log = logging.getLogger(__name__)
@@ -81,38 +82,38 @@ class Run:
         self.cfg = cfg
         self.workdir = workdir
         self.is_main = distributed.is_main_process()
-        os.makedirs(workdir, exist_ok=True)
+        paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
         self.mesh = make_mesh(dict(cfg.mesh))
         self.task = build_task(cfg)
         self.model_cfg = model_config_from_run(cfg, self.task.tokenizer.vocab_size, workdir)
         self.policy = Policy(self.model_cfg, self.mesh)
-        r = cfg.rl
+        self.step_cfg = step = step_config(cfg)
+        # The schedule's clock counts optimizer updates: E x M of them per RL step.
+        updates = max(cfg.steps, 1) * step.ppo_epochs * step.num_minibatches
         self.optimizer = rl.make_optimizer(
-            cfg.optimizer.lr, cfg.optimizer.warmup_steps, max(cfg.steps, 1),
+            cfg.optimizer.lr, cfg.optimizer.warmup_steps, updates,
             cfg.optimizer.schedule, cfg.optimizer.weight_decay, cfg.optimizer.b1,
             cfg.optimizer.b2, cfg.optimizer.grad_clip)
         self.state_shardings = rl.train_state_shardings(
             self.policy.abstract_params, self.optimizer, self.policy.train_shardings)
         self.train_step = rl.make_train_step(
-            self.policy.apply_fn, self.optimizer,
-            ppo_epochs=r.ppo_epochs, num_minibatches=r.num_minibatches,
-            micro_batches=r.micro_batches, clip_low=r.clip_low, clip_high=r.clip_high,
-            dual_clip=r.dual_clip, agg=r.agg, level=r.level, beta=r.beta, kl_kind=r.kl_kind,
-            entropy_coef=r.entropy_coef, recompute_old_logp=r.recompute_old_logp,
-            state_shardings=self.state_shardings, batch_sharding=rows_sharding(self.mesh, 1))
+            self.policy.apply_fn, self.optimizer, step,
+            rl.StepShardings(self.state_shardings, rows_sharding(self.mesh, 1)))
         self.ckpt = Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                  async_save=cfg.checkpoint.async_save)
         self.ref_logp_fn = None
         self.ref_params = None
-        if r.beta > 0:  # only then does a reference policy exist at all
-            self.ref_logp_fn = jax.jit(rl.make_logprob_fn(self.policy.apply_fn,
-                                                          cfg.rollout.max_new_tokens))
+        if step.uses_kl:  # only then does a reference policy exist at all
+            self.ref_logp_fn = rl.make_logprob_fn(
+                self.policy.apply_fn, cfg.rollout.max_new_tokens,
+                chunks=step.num_minibatches * step.micro_batches,
+                temperature=step.temperature)
 
     def data_iter(self, batch_size: int, seed_offset: int = 0):
         it = prompt_iterator(self.task.train_source, batch_size=batch_size,
                              seed=self.cfg.seed + seed_offset, shuffle=self.task.shuffle,
                              shard_index=0, shard_count=1)
-        return _HostSlice(it)
+        return HostSlice(it)
 
     def new_state(self, params):
         init = jax.jit(lambda p: rl.create_train_state(p, self.optimizer),
@@ -136,12 +137,13 @@ class Run:
                 "seed": int(self.cfg.seed), "config": self.cfg.to_dict(), **(extra or {})}
 
     def write_run_files(self):
+        """The resolved config (every preset value filled in) and the model's shape."""
         if not self.is_main:
             return
-        with open(os.path.join(self.workdir, "config.json"), "w") as f:
-            json.dump(self.cfg.to_dict(), f, indent=2, default=str)
-        with open(os.path.join(self.workdir, MODEL_CONFIG), "w") as f:
-            json.dump(self.model_cfg.to_dict(), f, indent=2)
+        paths.write_text_atomic(paths.join(self.workdir, "config.json"),
+                                json.dumps(self.cfg.to_dict(), indent=2, default=str))
+        paths.write_text_atomic(paths.join(self.workdir, MODEL_CONFIG),
+                                json.dumps(self.model_cfg.to_dict(), indent=2))
 
 
 def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
@@ -183,21 +185,31 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     progress = Progress(cfg.steps, "rl", enabled=run.is_main and cfg.log.progress)
     t_run = time.perf_counter()
     step = start
+    skipped_in_a_row = 0
     with _Preempted() as preempt, VerifierPool(cfg.verifier.num_workers) as pool:
         for step in range(start, end):
             t0 = time.perf_counter()
             rollout_params, reshard_s = run.policy.to_rollout(state.params)
-            rows, stats = collect(run.task, cfg, (run.policy.graphdef, rollout_params),
-                                  data_iter, pool, jax.random.fold_in(base_key, step), run.mesh)
+            rows, stats = collect(run.task, cfg, run.step_cfg,
+                                  (run.policy.graphdef, rollout_params), data_iter, pool,
+                                  jax.random.fold_in(base_key, step), run.mesh)
             del rollout_params
-            batch = to_global(train_batch(cfg, rows), run.mesh)
-            if run.ref_logp_fn is not None:
-                batch["ref_logp_NT"] = run.ref_logp_fn(run.ref_params, batch)
             t1 = time.perf_counter()
-            state, m = run.train_step(state, batch)
-            m = jax.device_get(m)
+            row = {"step": step + 1, **stats}
+            if rows is None:
+                skipped_in_a_row += 1
+                row["dynamic_sampling/skipped_step"] = 1
+                _check_skips(skipped_in_a_row, run.step_cfg)
+            else:
+                skipped_in_a_row = 0
+                batch = to_global(train_batch(run.step_cfg, cfg.rollout.group_size, rows),
+                                  run.mesh)
+                if run.ref_logp_fn is not None:
+                    batch["ref_logp_NT"] = run.ref_logp_fn(run.ref_params, batch)
+                state, m = run.train_step(state, batch)
+                row.update({k: _scalar(v) for k, v in jax.device_get(m).items()})
+                row["dynamic_sampling/skipped_step"] = 0
             t2 = time.perf_counter()
-            row = {"step": step + 1, **stats, **{k: _scalar(v) for k, v in m.items()}}
             row["time/train_s"] = t2 - t1
             row["time/reshard_s"] = reshard_s
             row["time/step_s"] = t2 - t0
@@ -223,31 +235,19 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     return summary
 
 
-class _HostSlice:
-    """This host's contiguous block of every global prompt batch.
-
-    Every host walks the same global stream (prompts are cheap to read) and keeps rows
-    [i*B/P, (i+1)*B/P): the global batch, laid out over hosts in process order, is then
-    exactly the batch a single-process run sees, so results do not depend on the host count.
-    """
-
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = next(self.it)
-        n = len(batch) // jax.process_count()
-        i = jax.process_index()
-        return batch[i * n:(i + 1) * n]
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
+def _check_skips(in_a_row: int, step_cfg) -> None:
+    """A step without one informative group is skipped with a warning; only a run of them
+    (the task is far too hard or too easy for the policy) stops training."""
+    log.warning("step skipped: dynamic sampling found no group with %s spread in %d "
+                "generation batches (%d in a row)", step_cfg.filter_metric,
+                step_cfg.max_gen_batches, in_a_row)
+    if in_a_row >= step_cfg.max_skipped_steps:
+        raise rl.DynamicSamplingError(
+            f"{in_a_row} steps in a row had no group whose {step_cfg.filter_metric} varies "
+            f"within max_gen_batches={step_cfg.max_gen_batches} generation batches. Raise "
+            "rl.max_gen_batches or rollout.group_size, use data closer to the policy's level "
+            "(a longer SFT cold start for a weak policy, harder problems for a strong one), or "
+            "set rl.dynamic_sampling=False.")
 
 
 def _scalar(v):

@@ -18,7 +18,7 @@ import optax
 from reason_jax.rl.optimizer import make_optimizer
 from reason_jax.data.bucketing import bucket_length
 from reason_jax.sharding.host_arrays import to_global
-from reason_jax.train.task import Task
+from reason_jax.run.task import Task
 
 
 def soft_targets(task: Task, record, target_ids, T: int, cache: dict) -> np.ndarray:
@@ -65,7 +65,7 @@ def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets,
         valid[i, S - len(p): S + len(t)] = True
         positions[i, S - len(p): S + len(t)] = np.arange(len(p) + len(t))
         mask[i, : len(t)] = 1.0
-    rows = {"tokens_NL": tokens, "positions_NL": positions, "valid_NL": valid, "mask_NT": mask}
+    rows = {"tokens_NX": tokens, "positions_NX": positions, "valid_NX": valid, "mask_NT": mask}
     if soft:
         cache = {} if cache is None else cache
         rows["soft_NTV"] = np.stack([soft_targets(task, r, t, T, cache)
@@ -75,15 +75,15 @@ def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets,
 
 def make_sft_step(policy, optimizer, T: int, mesh):
     def loss_fn(params, batch):
-        logits_NLV = policy.apply_fn(params, batch["tokens_NL"], batch["positions_NL"],
-                                     batch["valid_NL"])
-        S = batch["tokens_NL"].shape[1] - T
-        logits_NTV = logits_NLV[:, S - 1: S - 1 + T]
+        logits_NXV = policy.apply_fn(params, batch["tokens_NX"], batch["positions_NX"],
+                                     batch["valid_NX"])
+        S = batch["tokens_NX"].shape[1] - T
+        logits_NTV = logits_NXV[:, S - 1: S - 1 + T]
         logp_NTV = jax.nn.log_softmax(logits_NTV, -1)
         if "soft_NTV" in batch:
             nll_NT = -jnp.sum(batch["soft_NTV"] * logp_NTV, -1)
         else:
-            tgt_NT = batch["tokens_NL"][:, S:]
+            tgt_NT = batch["tokens_NX"][:, S:]
             nll_NT = -jnp.take_along_axis(logp_NTV, tgt_NT[..., None], -1)[..., 0]
         mask = batch["mask_NT"]
         return jnp.sum(nll_NT * mask) / jnp.maximum(mask.sum(), 1.0)

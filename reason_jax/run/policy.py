@@ -7,17 +7,17 @@ come from the logical-axis rules, and the init is jitted with those `out_shardin
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from reason_jax import paths
 from reason_jax.models.config import ModelConfig
 from reason_jax.models.transformer import Transformer, logical_axes
 from reason_jax.sharding.rules import ROLLOUT_RULES, TRAIN_RULES, state_shardings
-from reason_jax.train.checkpoint import MODEL_CONFIG, load_model_params, read_model_config
+from reason_jax.run.checkpoint import MODEL_CONFIG, load_model_params, read_model_config
 
 
 def model_config_from_run(cfg, vocab_size: int, workdir: str | None = None) -> ModelConfig:
@@ -25,7 +25,7 @@ def model_config_from_run(cfg, vocab_size: int, workdir: str | None = None) -> M
     tiny model. Dtypes and remat always come from the config (they may change on resume)."""
     m = cfg.model
     source = None
-    if workdir and os.path.exists(os.path.join(workdir, MODEL_CONFIG)):
+    if workdir and paths.exists(paths.join(workdir, MODEL_CONFIG)):
         source = workdir
     elif m.init_from:
         source = m.init_from
@@ -75,8 +75,8 @@ class Policy:
     def load_params(self, path: str):
         return load_model_params(path, self.abstract("train"))
 
-    def apply_fn(self, params, tokens_NL, positions_NL, valid_NL):
-        return nnx.merge(self.graphdef, params)(tokens_NL, positions_NL, valid_NL)
+    def apply_fn(self, params, tokens_NX, positions_NX, valid_NX):
+        return nnx.merge(self.graphdef, params)(tokens_NX, positions_NX, valid_NX)
 
     def to_rollout(self, params):
         """The explicit train -> rollout resharding (FSDP gathered, heads stay on `tensor`).

@@ -2,7 +2,7 @@
 
 Host-side work (detokenising, the verifier pool) runs per generation batch; the sampler
 itself is one jitted device call. Dimensions: B prompts, G group, N = B*G, S prompt bucket,
-T max_new_tokens, L = S + T.
+T max_new_tokens, X = S + T.
 """
 
 from __future__ import annotations
@@ -14,16 +14,18 @@ import numpy as np
 
 from reason_jax import rl
 from reason_jax.data.bucketing import bucket_length
+from reason_jax.rl import StepConfig
 from reason_jax.sampling import generate
 from reason_jax.sharding.host_arrays import to_global, to_local
-from reason_jax.train.task import Task, decode_completions, encode_prompts
+from reason_jax.sharding.hosts import all_hosts, gather
+from reason_jax.run.task import Task, decode_completions, encode_prompts
 
 
 def global_prompts(task: Task, records, buckets, mesh):
     """This host's prompts -> global right-padded arrays. Every host pads to the same bucket
     (the longest prompt of the *global* batch decides it), so the shards fit together."""
     tokens_BS, lengths_B = encode_prompts(task, records)
-    S = bucket_length(int(_gather(np.asarray([tokens_BS.shape[1]])).max()), buckets)
+    S = bucket_length(int(gather(np.asarray([tokens_BS.shape[1]])).max()), buckets)
     tokens_BS = np.pad(tokens_BS, ((0, 0), (0, S - tokens_BS.shape[1])),
                        constant_values=task.tokenizer.pad_id)
     return to_global((tokens_BS, lengths_B), mesh)
@@ -44,32 +46,39 @@ def generate_batch(task: Task, cfg, rollout_model, records, key, mesh):
     return host
 
 
-def score_batch(task: Task, cfg, pool, host, records):
+def score_batch(task: Task, cfg, step_cfg: StepConfig, pool, host, records):
     """Verifier rewards + overlong shaping for one generation batch (this host's rows)."""
     G = cfg.rollout.group_size
-    r = cfg.rl
+    r = step_cfg
     completions = decode_completions(task, host["tokens"], host["lengths"], host["truncated"])
     records_N = [rec for rec in records for _ in range(G)]
+    # A verifier that times out or crashes scores like a wrong answer: under +1/-1 rewards a
+    # fixed 0 would beat a wrong answer and teach the policy to hang the verifier.
     result = pool.score(task.verifier, completions, records_N, timeout_s=cfg.verifier.timeout_s,
                         correct_reward=r.reward_correct, wrong_reward=r.reward_incorrect,
+                        failure_reward=r.reward_incorrect,
                         format_reward=cfg.verifier.format_reward)
     rewards_N = np.asarray(result.rewards, np.float32)
     if r.overlong_shaping:
+        max_len = cfg.rollout.max_new_tokens
         rewards_N = rewards_N + np.asarray(rl.overlong_penalty(
-            host["lengths"], max_len=cfg.rollout.max_new_tokens,
-            cache_len=r.overlong_cache_len, factor=r.overlong_factor), np.float32)
+            host["lengths"], max_len=max_len, cache_len=r.overlong_window(max_len),
+            factor=r.overlong_factor), np.float32)
     accuracy_N = np.asarray([info["status"] == "ok" for info in result.infos], np.float32)
     host = dict(host, rewards=rewards_N, accuracy=accuracy_N, completions=completions)
     return host, result.status_counts
 
 
-def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
+def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, step_key, mesh):
     """Generation batches until the training batch has B informative groups.
 
-    Returns (rows dict, stats). Metrics in stats describe *all* generated samples of the
-    step (an unbiased view of the policy), not only the kept groups.
+    Returns (rows, stats); rows is None when dynamic sampling found no informative group on
+    any host within max_gen_batches (the loop skips the step). With some but too few, rows
+    are padded with masked-out groups (`loss_rows`): the step trains on what it found instead
+    of dying. Metrics in stats describe *all* generated samples of the step (an unbiased view
+    of the policy), not only the kept groups; they are identical on every host.
     """
-    r = cfg.rl
+    r = step_cfg
     B_local = cfg.rollout.batch_size // jax.process_count()
     acc = rl.GroupAccumulator(B_local, cfg.rollout.group_size,
                               r.max_gen_batches if r.dynamic_sampling else 1)
@@ -84,7 +93,7 @@ def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
         host = generate_batch(task, cfg, rollout_model, records, jax.random.fold_in(step_key, i),
                               mesh)
         t1 = time.perf_counter()
-        host, counts = score_batch(task, cfg, pool, host, records)
+        host, counts = score_batch(task, cfg, step_cfg, pool, host, records)
         t2 = time.perf_counter()
         stats["time/rollout_s"] += t1 - t0
         stats["time/verify_s"] += t2 - t1
@@ -95,20 +104,25 @@ def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
             status_counts[k] = status_counts.get(k, 0) + int(v)
         i += 1
         if not r.dynamic_sampling:
-            rows = host
+            rows = dict(host, loss_rows=np.ones(len(host["lengths"]), bool))
             stats["dynamic_sampling/gen_batches"] = 1
             break
-        if not acc.full:  # a full host keeps generating (discarding) until all hosts are
-            acc.add(host, host["accuracy"])
-        if _all_hosts(acc.full):
-            rows, ds = acc.take()
+        # A full host keeps generating (and discarding) until every host is full: the
+        # generation calls are collective, so all hosts make the same number of them.
+        acc.add(host, host["accuracy"] if r.filter_metric == "accuracy" else host["rewards"])
+        if all_hosts(acc.full) or i >= r.max_gen_batches:
+            rows, loss_rows, ds = acc.take()
+            rows["loss_rows"] = loss_rows
             stats.update(ds)
+            stats["dynamic_sampling/groups_missing"] = int(
+                gather(np.asarray([ds["dynamic_sampling/groups_missing"]])).sum())
+            if int(gather(np.asarray([loss_rows.sum()])).sum()) == 0:
+                rows = None
             break
-    # Statistics over the whole global batch, identical on every host.
-    cat = {k: _gather(np.concatenate(v)) for k, v in seen.items()}
-    status_counts = {k: int(_gather(np.asarray([v])).sum()) for k, v in
+    cat = {k: gather(np.concatenate(v)) for k, v in seen.items()}
+    status_counts = {k: int(gather(np.asarray([v])).sum()) for k, v in
                      sorted(status_counts.items())}
-    gen_tokens = int(_gather(np.asarray([gen_tokens])).sum())
+    gen_tokens = int(gather(np.asarray([gen_tokens])).sum())
     stats.update({
         "reward/mean": float(cat["rewards"].mean()),
         "reward/std": float(cat["rewards"].std()),
@@ -123,44 +137,26 @@ def collect(task, cfg, rollout_model, data_iter, pool, step_key, mesh):
     return rows, stats
 
 
-def _gather(x: np.ndarray) -> np.ndarray:
-    if jax.process_count() == 1:
-        return x
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def _all_hosts(flag: bool) -> bool:
-    """Every host must run the same number of (collective) generation calls."""
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def train_batch(cfg, rows) -> dict[str, np.ndarray]:
-    """Host rows -> the train step's batch layout (prompt left-padded, then completion)."""
-    r = cfg.rl
-    G = cfg.rollout.group_size
-    adv_N = np.asarray(rl.group_advantages(rows["rewards"], G, std=r.std, eps=r.adv_eps),
-                       np.float32)
-    prompt_valid_NS = rows["prompt_valid"].astype(bool)
+def train_batch(step_cfg: StepConfig, group_size: int, rows) -> dict[str, np.ndarray]:
+    """Host rows -> the train step's batch (`rl.row_layout`: prompt left-padded, completion)."""
+    r = step_cfg
+    adv_N = np.asarray(rl.group_advantages(rows["rewards"], group_size, std=r.std,
+                                           eps=r.adv_eps), np.float32)
     mask_NT = rows["mask"].astype(bool)
     if r.overlong_filter:
         mask_NT = mask_NT & ~rows["truncated"][:, None].astype(bool)
-    T = mask_NT.shape[1]
-    prompt_len_N = prompt_valid_NS.sum(1)
-    positions_NS = np.maximum(np.cumsum(prompt_valid_NS, 1) - 1, 0)
-    positions_NT = prompt_len_N[:, None] + np.arange(T)[None, :]
-    batch = {
-        "tokens_NL": np.concatenate([rows["prompt_tokens"], rows["tokens"]], 1).astype(np.int32),
-        "positions_NL": np.concatenate([positions_NS, positions_NT], 1).astype(np.int32),
-        "valid_NL": np.concatenate([prompt_valid_NS, rows["mask"].astype(bool)], 1),
+    if "loss_rows" in rows:  # dynamic sampling's padding groups leave the loss
+        mask_NT = mask_NT & rows["loss_rows"][:, None]
+    tokens_NX, positions_NX, valid_NX = rl.row_layout(
+        np.asarray(rows["prompt_tokens"]), rows["prompt_valid"], np.asarray(rows["tokens"]),
+        rows["mask"])
+    return {
+        "tokens_NX": tokens_NX,
+        "positions_NX": positions_NX,
+        "valid_NX": valid_NX,
         "mask_NT": mask_NT.astype(np.float32),
         "adv_N": adv_N,
+        # The sampler's log-probs: pi_old without recomputation, else the rollout side of the
+        # mismatch metrics and correction.
+        "sampler_logp_NT": rows["logprobs"].astype(np.float32),
     }
-    if not r.recompute_old_logp:
-        batch["old_logp_NT"] = rows["logprobs"].astype(np.float32)
-    return batch

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from reason_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def abstract_like(tree: Any) -> Any:
 
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = paths.as_path(workdir) / "checkpoints"  # local or gs://
         # keep_period: step 0 (the policy RL starts from, i.e. the SFT result) is never
         # garbage-collected, so `eval --step 0` can always measure what RL added.
         options = ocp.CheckpointManagerOptions(
@@ -94,38 +94,39 @@ class Checkpointer:
 
 # -- model-only checkpoints (import-hf output, or params pulled out of a workdir) -------------
 
-def save_model(out_dir: str, params: Any, model_config: dict[str, Any],
+def save_model(out_dir, params: Any, model_config: dict[str, Any],
                extra: dict[str, Any] | None = None) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.abspath(os.path.join(out_dir, "params"))
-    if os.path.exists(path):
-        shutil.rmtree(path)
+    """`out_dir/params` (Orbax) + `out_dir/model_config.json`; local or gs://."""
+    out = paths.as_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "params"
+    if path.exists():
+        path.rmtree()
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, params)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        with open(os.path.join(out_dir, MODEL_CONFIG), "w") as f:
-            json.dump({**model_config, **({"extra": extra} if extra else {})}, f, indent=2)
+        paths.write_text_atomic(out / MODEL_CONFIG, json.dumps(
+            {**model_config, **({"extra": extra} if extra else {})}, indent=2))
 
 
-def read_model_config(path: str) -> dict[str, Any]:
-    cfg_path = os.path.join(path, MODEL_CONFIG)
-    if not os.path.exists(cfg_path):
+def read_model_config(path) -> dict[str, Any]:
+    cfg_path = paths.as_path(path) / MODEL_CONFIG
+    if not cfg_path.exists():
         raise FileNotFoundError(f"{path} has no {MODEL_CONFIG} (is it an import-hf output or a "
                                 f"reason-jax workdir?)")
-    with open(cfg_path) as f:
-        return json.load(f)
+    return json.loads(cfg_path.read_text())
 
 
-def load_model_params(path: str, abstract_params: Any) -> Any:
+def load_model_params(path, abstract_params: Any) -> Any:
     """Params from an import-hf dir (`path/params`) or a workdir's latest checkpoint."""
-    params_dir = os.path.join(path, "params")
-    if os.path.isdir(params_dir):
+    params_dir = paths.as_path(path) / "params"
+    if params_dir.is_dir():
         with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(os.path.abspath(params_dir), abstract_params)
-    ckpt_dir = os.path.join(path, "checkpoints")
-    if os.path.isdir(ckpt_dir):
-        mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "meta"))
+            return ckptr.restore(params_dir, abstract_params)
+    ckpt_dir = paths.as_path(path) / "checkpoints"
+    if ckpt_dir.is_dir():
+        mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "meta"))
         for step in sorted(mngr.all_steps(), reverse=True):
             try:
                 meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

@@ -10,7 +10,7 @@ import jax
 from reason_jax.models.config import ModelConfig
 from reason_jax.models.hf_config import config_from_hf
 from reason_jax.models.hf_weights import export_hf, load_state_from_hf, read_hf_config
-from reason_jax.train.checkpoint import load_model_params, read_model_config, save_model
+from reason_jax.run.checkpoint import load_model_params, read_model_config, save_model
 
 
 def import_hf(src: str, out: str, *, dtype: str = "float32") -> dict:

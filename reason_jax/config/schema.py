@@ -11,6 +11,20 @@ from __future__ import annotations
 import ml_collections
 
 
+# The `rl` keys: every field of reason_jax.rl.StepConfig except the sampling temperature, which
+# is `rollout.temperature`. Typed here so that `--config.rl.KEY=VALUE` parses.
+_RL_KEYS = {
+    "ppo_epochs": int, "num_minibatches": int, "micro_batches": int,
+    "clip_low": float, "clip_high": float, "dual_clip": float, "agg": str, "level": str,
+    "beta": float, "kl_kind": str, "entropy_coef": float,
+    "recompute_old_logp": bool, "rollout_correction": str, "rollout_correction_cap": float,
+    "std": str, "adv_eps": float, "reward_correct": float, "reward_incorrect": float,
+    "overlong_shaping": bool, "overlong_cache_len": int, "overlong_factor": float,
+    "overlong_filter": bool, "dynamic_sampling": bool, "filter_metric": str,
+    "max_gen_batches": int, "max_skipped_steps": int,
+}
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -58,32 +72,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.verifier.num_workers = 2
     c.verifier.format_reward = 0.0
 
+    # `rl.algo` picks a preset (a reason_jax.rl.StepConfig); every other `rl` key is None
+    # ("the preset's value") unless a config or an override sets it, and then it wins. The
+    # resolved values are written to WORKDIR/config.json (reason_jax.config.resolve).
     c.rl = ml_collections.ConfigDict()
-    c.rl.algo = "dapo"  # grpo | dapo | drgrpo | gspo: a preset; keys below override it
-    c.rl.clip_low = 0.2
-    c.rl.clip_high = 0.28
-    c.rl.dual_clip = ml_collections.config_dict.placeholder(float)  # None: off
-    c.rl.agg = "token-mean"
-    c.rl.level = "token"
-    c.rl.std = "unbiased"  # group advantage normalisation: unbiased | biased | none
-    c.rl.adv_eps = 1e-6
-    c.rl.beta = 0.0  # KL coefficient; 0 means no reference model at all
-    c.rl.kl_kind = "k3"
-    c.rl.entropy_coef = 0.0
-    c.rl.overlong_shaping = False
-    c.rl.overlong_cache_len = 4  # soft-penalty window before max_new_tokens (tokens)
-    c.rl.overlong_factor = 1.0
-    c.rl.overlong_filter = False
-    c.rl.dynamic_sampling = True
-    c.rl.max_gen_batches = 4
-    c.rl.ppo_epochs = 1
-    c.rl.num_minibatches = 1
-    c.rl.micro_batches = 1
-    # pi_old from a training-layout forward pass (robust to sampler numerics: bf16, other
-    # sharding); recipes with one fp32 update per batch may use the sampler's log-probs.
-    c.rl.recompute_old_logp = True
-    c.rl.reward_correct = 1.0
-    c.rl.reward_incorrect = 0.0
+    c.rl.algo = "dapo"  # grpo | dapo | drgrpo | gspo
+    for name, kind in _RL_KEYS.items():
+        c.rl[name] = ml_collections.config_dict.placeholder(kind)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 1e-4

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from reason_jax.train.base_config import base_config
+from reason_jax.config.resolve import resolve, step_config
+from reason_jax.config.schema import base_config
 
 
 
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 def load_config_file(spec: str | None) -> ml_collections.ConfigDict:
     """`path.py[:arg]` -> ConfigDict. None: the built-in recipe (countdown, DAPO)."""
     if spec is None:
-        from reason_jax.train.recipes import countdown
+        from reason_jax.config.recipes import countdown
 
         return countdown()
     path, _, arg = spec.partition(":")
@@ -121,44 +122,36 @@ def _check_schema(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigD
 
 
 def load_config(spec: str | None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load, lock, override, then resolve the algorithm preset (explicit keys win)."""
     cfg = load_config_file(spec)
     _check_schema(cfg, base_config())
     cfg.lock()
     apply_overrides(cfg, overrides)
+    try:
+        resolve(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Reject settings that cannot work, one clear message each."""
-    from reason_jax import rl
     from reason_jax.sharding.mesh import resolve_sizes
 
     def fail(msg):
         raise ConfigError(msg)
 
-    r, ro = cfg.rl, cfg.rollout
-    if not 0 <= r.clip_low < 1:
-        fail(f"rl.clip_low={r.clip_low} must be in [0, 1)")
-    if not r.clip_high >= 0:
-        fail(f"rl.clip_high={r.clip_high} must be >= 0")
-    if r.dual_clip is not None and r.dual_clip <= 1:
-        fail(f"rl.dual_clip={r.dual_clip} must be > 1 (or None)")
-    if r.agg not in rl.AGG_MODES:
-        fail(f"rl.agg={r.agg!r} is not one of {list(rl.AGG_MODES)}")
-    if r.level not in rl.LEVELS:
-        fail(f"rl.level={r.level!r} is not one of {list(rl.LEVELS)}")
-    if r.std not in rl.STD_MODES:
-        fail(f"rl.std={r.std!r} is not one of {list(rl.STD_MODES)}")
-    if r.kl_kind not in rl.KL_KINDS:
-        fail(f"rl.kl_kind={r.kl_kind!r} is not one of {list(rl.KL_KINDS)}")
-    if r.beta < 0:
-        fail(f"rl.beta={r.beta} must be >= 0")
+    try:
+        step_cfg = step_config(cfg)  # resolves the preset; StepConfig validates itself
+    except ValueError as e:
+        fail(str(e))
+    r, ro = step_cfg, cfg.rollout
     if ro.group_size < 1:
         fail(f"rollout.group_size={ro.group_size} must be >= 1")
     if ro.group_size == 1 and r.std != "none":
         fail("rollout.group_size=1 with rl.std normalisation: a group of one has no spread; "
              "use group_size >= 2 or rl.std='none'")
-    if r.overlong_shaping and r.overlong_cache_len >= ro.max_new_tokens:
+    if r.overlong_shaping and r.overlong_window(ro.max_new_tokens) >= ro.max_new_tokens:
         fail(f"rl.overlong_cache_len={r.overlong_cache_len} must be < rollout.max_new_tokens="
              f"{ro.max_new_tokens} (the soft window lies inside the maximum length)")
     if ro.max_new_tokens < 1:
@@ -168,14 +161,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     if not 0 < ro.top_p <= 1:
         fail(f"rollout.top_p={ro.top_p} must be in (0, 1]")
     n_rows = ro.batch_size * ro.group_size
-    if r.num_minibatches < 1 or n_rows % r.num_minibatches:
+    if n_rows % r.num_minibatches:
         fail(f"rl.num_minibatches={r.num_minibatches} must divide the {n_rows} rollout rows "
              f"(rollout.batch_size * group_size)")
     mb_rows = n_rows // max(r.num_minibatches, 1)
-    if r.micro_batches < 1 or mb_rows % r.micro_batches:
+    if mb_rows % r.micro_batches:
         fail(f"rl.micro_batches={r.micro_batches} must divide the minibatch of {mb_rows} rows")
-    if r.max_gen_batches < 1:
-        fail("rl.max_gen_batches must be >= 1")
     if cfg.steps < 0:
         fail("steps must be >= 0")
     if cfg.checkpoint.every < 1 or cfg.checkpoint.keep < 1:
@@ -200,6 +191,3 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
             fail(f"sft.batch_size={cfg.sft.batch_size} is not divisible by the mesh's data size "
                  f"{data}")
 
-
-def config_to_dict(cfg: ml_collections.ConfigDict) -> dict:
-    return cfg.to_dict()

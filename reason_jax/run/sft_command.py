@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import jax
 
-from reason_jax.train.loop import Run
-from reason_jax.train.progress import Progress
-from reason_jax.train.sft import run_sft
+from reason_jax.run.loop import Run
+from reason_jax.observe.progress import Progress
+from reason_jax.run.sft import run_sft
 
 
 def sft_only(cfg, workdir: str) -> dict:

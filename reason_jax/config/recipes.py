@@ -1,0 +1,32 @@
+"""The built-in countdown recipe and its algorithm variants.
+
+It lives in the package so that `reason-jax train` with no `--config` works from any install;
+`configs/countdown.py` is its command-line entry point.
+"""
+
+from __future__ import annotations
+
+from reason_jax.config.schema import base_config
+from reason_jax.rl.presets import ALIASES
+
+VARIANTS = ("grpo", "dapo", "drgrpo", "gspo")
+
+
+def countdown(variant: str | None = None):
+    """The schema's defaults plus the algorithm `variant` (`rl.algo`) and the few `rl` keys
+    this task sets whatever the algorithm."""
+    variant = ALIASES.get(variant, variant) or "dapo"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown countdown variant {variant!r}; one of {list(VARIANTS)}")
+    c = base_config()
+    c.rl.algo = variant
+    # One update per rollout batch: the sampler's log-probs are exactly on-policy, so the
+    # extra forward pass of recomputing them buys nothing here.
+    c.rl.recompute_old_logp = False
+    # After the cold start the policy solves most *training* problems, so most groups have
+    # zero accuracy spread; a generation batch costs ~30 ms here, so allow many of them
+    # before dynamic sampling gives up.
+    c.rl.max_gen_batches = 20
+    # The overlong window of a 16-token task (the paper's 4096 fits 20k-token answers).
+    c.rl.overlong_cache_len = 4
+    return c

@@ -1,0 +1,124 @@
+"""`StepConfig`: everything one RL step needs to know about the algorithm, in one typed value.
+
+The `rl` section of a run config is resolved once (an algorithm preset, then the keys the
+config sets explicitly) into a frozen `StepConfig`, validated here. The train step, the rollout
+shaping and the bench all take it whole, so an algorithm is one value, a preset is one instance
+(`presets.py`), and an ablation is `dataclasses.replace(preset, clip_high=0.35)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reason_jax.rl.advantages import STD_MODES
+from reason_jax.rl.aggregation import AGG_MODES
+from reason_jax.rl.kl import KL_KINDS
+from reason_jax.rl.policy_loss import LEVELS
+
+ROLLOUT_CORRECTIONS = ("none", "tis", "mis")
+FILTER_METRICS = ("accuracy", "reward")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """One RL algorithm, fully specified. Field groups:
+
+    update: ppo_epochs x num_minibatches x micro_batches updates per rollout batch;
+    surrogate: clip_low / clip_high (clip-higher), dual_clip (None: off), agg (aggregation.py),
+      level ("token", or "sequence" for GSPO);
+    regularisers: beta x KL(kl_kind) to the reference policy, entropy_coef x entropy bonus;
+    pi_old: temperature (the sampling temperature: logits are divided by it wherever a
+      log-prob is computed), recompute_old_logp, rollout_correction ("tis": truncated token
+      weights, "mis": drop sequences) with cap rollout_correction_cap (REFERENCE.md);
+    rewards and advantages: reward_correct / reward_incorrect, std / adv_eps, overlong_shaping
+      (cache_len, factor) and overlong_filter;
+    dynamic sampling: on/off, filter_metric, max_gen_batches per step, max_skipped_steps in a
+      row before the run stops.
+    """
+
+    ppo_epochs: int = 1
+    num_minibatches: int = 1
+    micro_batches: int = 1
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = None
+    agg: str = "token-mean"
+    level: str = "token"
+    beta: float = 0.0
+    kl_kind: str = "k3"
+    entropy_coef: float = 0.0
+    temperature: float = 1.0
+    recompute_old_logp: bool = True
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0
+    std: str = "unbiased"
+    adv_eps: float = 1e-6
+    reward_correct: float = 1.0
+    reward_incorrect: float = 0.0
+    overlong_shaping: bool = False
+    overlong_cache_len: int = 0
+    overlong_factor: float = 1.0
+    overlong_filter: bool = False
+    dynamic_sampling: bool = False
+    filter_metric: str = "accuracy"
+    max_gen_batches: int = 1
+    max_skipped_steps: int = 10
+
+    def __post_init__(self):
+        def fail(msg):
+            raise ValueError(msg)
+
+        for name in ("ppo_epochs", "num_minibatches", "micro_batches", "max_gen_batches",
+                     "max_skipped_steps"):
+            if int(getattr(self, name)) < 1:
+                fail(f"rl.{name}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.clip_low < 1:
+            fail(f"rl.clip_low={self.clip_low} must be in [0, 1)")
+        if not self.clip_high >= 0:
+            fail(f"rl.clip_high={self.clip_high} must be >= 0")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            fail(f"rl.dual_clip={self.dual_clip} must be > 1 (or None)")
+        _one_of("agg", self.agg, AGG_MODES)
+        _one_of("level", self.level, LEVELS)
+        _one_of("kl_kind", self.kl_kind, KL_KINDS)
+        _one_of("std", self.std, STD_MODES)
+        _one_of("rollout_correction", self.rollout_correction, ROLLOUT_CORRECTIONS)
+        _one_of("filter_metric", self.filter_metric, FILTER_METRICS)
+        if self.beta < 0:
+            fail(f"rl.beta={self.beta} must be >= 0")
+        if self.temperature <= 0:
+            fail(f"temperature={self.temperature} must be > 0 (greedy sampling uses 1)")
+        if self.rollout_correction != "none":
+            if not self.recompute_old_logp:
+                fail(f"rl.rollout_correction={self.rollout_correction!r} compares the sampler's "
+                     "log-probs with the learner's pi_old, so it needs "
+                     "rl.recompute_old_logp=True")
+            if self.rollout_correction_cap <= 1:
+                fail(f"rl.rollout_correction_cap={self.rollout_correction_cap} must be > 1")
+        if self.overlong_cache_len < 0:
+            fail(f"rl.overlong_cache_len={self.overlong_cache_len} must be >= 0 (0: auto)")
+
+    @property
+    def uses_kl(self) -> bool:
+        return self.beta != 0.0
+
+    @property
+    def needs_sampler_logp(self) -> bool:
+        """The batch must carry the sampler's log-probs (`rollout_logp_NT`)."""
+        return not self.recompute_old_logp or self.rollout_correction != "none"
+
+    def overlong_window(self, max_new_tokens: int) -> int:
+        """The soft overlong window L_c in tokens; 0 means a fifth of the maximum length (the
+        DAPO paper's 4096 of 20480)."""
+        return int(self.overlong_cache_len) or max(1, int(max_new_tokens) // 5)
+
+    def replace(self, **changes) -> "StepConfig":
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(StepConfig))
+
+
+def _one_of(name, value, valid):
+    if value not in valid:
+        raise ValueError(f"rl.{name}={value!r} is not one of {list(valid)}")
