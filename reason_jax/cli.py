@@ -46,12 +46,22 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _load(args, overrides):
-    from reason_jax.config.loading import ConfigError, load_config
+    from reason_jax.config.loading import load_config
 
-    try:
-        return load_config(args.config, overrides)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}")
+    return load_config(args.config, overrides)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "change your input", not "a bug": printed as one line naming what to
+    change (a traceback only with --debug). Everything else is a bug and keeps its traceback."""
+    from reason_jax.config.loading import ConfigError
+    from reason_jax.data.bucketing import PromptTooLongError
+    from reason_jax.data.prompts import BadRowError
+    from reason_jax.models.hf_config import UnsupportedConfigError
+    from reason_jax.rl.dynamic_sampling import DynamicSamplingError
+
+    return (ConfigError, BadRowError, PromptTooLongError, UnsupportedConfigError,
+            DynamicSamplingError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def _workdir(args, default="runs/countdown") -> str:
@@ -59,14 +69,10 @@ def _workdir(args, default="runs/countdown") -> str:
 
 
 def cmd_train(args, overrides):
-    from reason_jax.config.loading import ConfigError
     from reason_jax.run.loop import train
 
     cfg = _load(args, overrides)
-    try:
-        summary = train(cfg, _workdir(args))
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}")
+    summary = train(cfg, _workdir(args))
     keys = ("step", "reward/mean", "accuracy", "response_length/mean", "time/step_s")
     print(json.dumps({k: summary.get(k) for k in keys if k in summary}))
 
@@ -121,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reason-jax",
         description="JAX-native RL from verifiable rewards (GRPO/DAPO) for reasoning models.")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of user errors (bad config, paths, data)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="RL training (default: CPU countdown recipe); resumes")
@@ -176,9 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and args.command in ("import-hf", "export-hf"):
         raise SystemExit(f"error: {args.command} takes no --config.* overrides")
     distributed.initialize()  # once, at the entry point (no-op on a single host)
-    args.fn(args, overrides)
+    try:
+        args.fn(args, overrides)
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        raise SystemExit(f"reason-jax {args.command}: {_one_line(e)}") from None
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _one_line(e: BaseException) -> str:
+    from reason_jax.config.loading import ConfigError
+
+    text = " ".join(str(e).split())
+    return f"config error: {text}" if isinstance(e, ConfigError) else \
+        f"{type(e).__name__}: {text}"

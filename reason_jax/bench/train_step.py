@@ -21,7 +21,7 @@ import numpy as np
 
 from reason_jax import rl
 from reason_jax.bench import common
-from reason_jax.config.resolve import step_config
+from reason_jax.config.resolve import rl_optimizer, step_config
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
 from reason_jax.sharding.mesh import make_mesh
 from reason_jax.sharding.rules import BATCH_AXES, ROLLOUT_RULES, TRAIN_RULES
@@ -30,17 +30,10 @@ from reason_jax.run.policy import Policy
 log = logging.getLogger(__name__)
 
 
-def _optimizer(cfg):
-    o, step = cfg.optimizer, step_config(cfg)
-    updates = max(cfg.steps, 1) * step.ppo_epochs * step.num_minibatches
-    return rl.make_optimizer(o.lr, o.warmup_steps, updates, o.schedule,
-                             o.weight_decay, o.b1, o.b2, o.grad_clip)
-
-
 def _build(cfg, mesh, model_cfg):
     """Policy, optimizer, state shardings and the jitted step, as `Run.__init__` does."""
     policy = Policy(model_cfg, mesh)
-    optimizer = _optimizer(cfg)
+    optimizer = rl_optimizer(cfg)
     state_shardings = rl.train_state_shardings(policy.abstract_params, optimizer,
                                                policy.train_shardings)
     step = rl.make_train_step(policy.apply_fn, optimizer, step_config(cfg),
@@ -235,7 +228,7 @@ def dry_run(cfg, args=None, overrides=()) -> dict:
     num_params = int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params)))
     train_specs = common.param_specs(abstract_params, axes, TRAIN_RULES, sizes)
     rollout_specs = common.param_specs(abstract_params, axes, ROLLOUT_RULES, sizes)
-    optimizer = _optimizer(cfg)
+    optimizer = rl_optimizer(cfg)
     params_b = common.tree_shard_bytes(abstract_params, train_specs, sizes)
     rollout_params_b = common.tree_shard_bytes(abstract_params, rollout_specs, sizes)
     opt_b = common.optimizer_shard_bytes(optimizer, abstract_params, train_specs, sizes)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from reason_jax.config.resolve import resolve, step_config
+from reason_jax.config.resolve import step_config
 from reason_jax.config.schema import base_config
 
 
@@ -128,7 +128,7 @@ def load_config(spec: str | None, overrides: Sequence[str] = ()) -> ml_collectio
     cfg.lock()
     apply_overrides(cfg, overrides)
     try:
-        resolve(cfg)
+        step_config(cfg)  # resolves the preset into cfg.rl and validates the result
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return cfg
@@ -175,6 +175,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         fail(f"data.task={cfg.data.task!r} is not one of countdown, jsonl, parquet, seqio")
     if cfg.data.task in ("jsonl", "parquet") and not cfg.data.path:
         fail(f"data.task={cfg.data.task!r} needs data.path")
+    if cfg.data.task != "countdown" and not (cfg.data.tokenizer or cfg.model.init_from):
+        fail(f"data.task={cfg.data.task!r} needs a tokenizer: set data.tokenizer (a "
+             "tokenizer.json or .model file) or model.init_from (an import-hf folder carries "
+             "its tokenizer)")
     if num_devices is not None:
         try:
             sizes = resolve_sizes(dict(cfg.mesh), num_devices)

@@ -40,3 +40,15 @@ def step_config(cfg) -> StepConfig:
     # Log-probs are of the distribution tokens were drawn from: logits / tau; greedy is tau 1.
     tau = float(cfg.rollout.temperature)
     return StepConfig(**values, temperature=tau if tau > 0 else 1.0)
+
+
+def rl_optimizer(cfg):
+    """The RL optimizer. Its schedule's clock counts optimizer updates, ppo_epochs x
+    num_minibatches of them per RL step, so its length must count them too (counting RL
+    steps would end a cosine schedule after steps / (E*M) RL steps)."""
+    from reason_jax.rl.optimizer import make_optimizer
+
+    o, step = cfg.optimizer, step_config(cfg)
+    updates = max(cfg.steps, 1) * step.ppo_epochs * step.num_minibatches
+    return make_optimizer(o.lr, o.warmup_steps, updates, o.schedule, o.weight_decay, o.b1, o.b2,
+                          o.grad_clip)

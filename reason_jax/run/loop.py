@@ -27,7 +27,7 @@ import numpy as np
 from reason_jax import paths, rl
 from reason_jax.data.pipeline import prompt_iterator
 from reason_jax.config.loading import validate
-from reason_jax.config.resolve import step_config
+from reason_jax.config.resolve import rl_optimizer, step_config
 from reason_jax.observe.metrics import MetricsWriter
 from reason_jax.observe.progress import Progress
 from reason_jax.run.checkpoint import Checkpointer, MODEL_CONFIG
@@ -88,12 +88,7 @@ class Run:
         self.model_cfg = model_config_from_run(cfg, self.task.tokenizer.vocab_size, workdir)
         self.policy = Policy(self.model_cfg, self.mesh)
         self.step_cfg = step = step_config(cfg)
-        # The schedule's clock counts optimizer updates: E x M of them per RL step.
-        updates = max(cfg.steps, 1) * step.ppo_epochs * step.num_minibatches
-        self.optimizer = rl.make_optimizer(
-            cfg.optimizer.lr, cfg.optimizer.warmup_steps, updates,
-            cfg.optimizer.schedule, cfg.optimizer.weight_decay, cfg.optimizer.b1,
-            cfg.optimizer.b2, cfg.optimizer.grad_clip)
+        self.optimizer = rl_optimizer(cfg)
         self.state_shardings = rl.train_state_shardings(
             self.policy.abstract_params, self.optimizer, self.policy.train_shardings)
         self.train_step = rl.make_train_step(

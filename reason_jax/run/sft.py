@@ -13,12 +13,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from reason_jax.rl.optimizer import make_optimizer
 from reason_jax.data.bucketing import bucket_length
-from reason_jax.sharding.host_arrays import to_global
+from reason_jax.rl.optimizer import make_optimizer
+from reason_jax.rl.train_step import guarded_update
 from reason_jax.run.task import Task
+from reason_jax.sharding.host_arrays import to_global
+from reason_jax.sharding.hosts import gather
 
 
 def soft_targets(task: Task, record, target_ids, T: int, cache: dict) -> np.ndarray:
@@ -50,10 +51,13 @@ def soft_targets(task: Task, record, target_ids, T: int, cache: dict) -> np.ndar
 
 def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets,
              soft: bool = False, cache: dict | None = None) -> dict:
+    """This host's rows. The prompt bucket S is the one of the longest prompt on *any* host,
+    so every host's shard of the global batch has the same shape."""
     tok = task.tokenizer
     prompts = [tok.encode(task.prompt_text(r)) for r in records]
     targets = [tok.encode(task.gold_text(r, rng))[: T - 1] + [tok.eos_ids[0]] for r in records]
-    S = bucket_length(max(len(p) for p in prompts), buckets)
+    longest = int(gather(np.asarray([max(len(p) for p in prompts)])).max())
+    S = bucket_length(longest, buckets)
     N = len(records)
     tokens = np.full((N, S + T), tok.pad_id, np.int32)
     valid = np.zeros((N, S + T), bool)
@@ -90,11 +94,12 @@ def make_sft_step(policy, optimizer, T: int, mesh):
 
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-        new_params = optax.apply_updates(params, updates)
-        params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        # The RL step's guard: a non-finite batch leaves params *and* Adam's moments as they
+        # were (NaN moments would poison every later update).
+        params, opt_state, _, finite, grad_norm = guarded_update(
+            params, opt_state, jnp.zeros((), jnp.int32), grads, loss, optimizer)
+        return params, opt_state, {"loss": loss, "grad_norm": grad_norm,
+                                   "skipped": 1.0 - finite.astype(jnp.float32)}
 
     # Parameters keep the training layout; optimizer moments follow by propagation.
     return jax.jit(step, donate_argnums=(0, 1),
@@ -116,6 +121,7 @@ def run_sft(task: Task, cfg, policy, params, mesh, data_iter, *, log=None, progr
     cache: dict = {}
     t0 = time.perf_counter()
     last = {}
+    skipped = 0
     for i in range(s.steps):
         records = []
         while len(records) < s.batch_size // jax.process_count():
@@ -125,11 +131,13 @@ def run_sft(task: Task, cfg, policy, params, mesh, data_iter, *, log=None, progr
                         soft=soft, cache=cache)
         batch = to_global(rows, mesh)
         params, opt_state, m = step_fn(params, opt_state, batch)
+        skipped += m["skipped"]
         if progress is not None and (i % 10 == 0 or i == s.steps - 1):
             last = {k: float(v) for k, v in m.items()}
             progress.update(i + 1, loss=last["loss"])
         if s.time_budget_s and time.perf_counter() - t0 > s.time_budget_s:
             break
     jax.block_until_ready(params)
+    last.pop("skipped", None)
     return params, {"sft/steps": i + 1 if s.steps else 0, "sft/time_s": time.perf_counter() - t0,
-                    **{f"sft/{k}": v for k, v in last.items()}}
+                    "sft/nonfinite_skipped": int(skipped), **{f"sft/{k}": v for k, v in last.items()}}
