@@ -198,3 +198,45 @@ def test_kl_reference_is_the_policy_rl_starts_from(tmp_path):
     # Step 1 updates from the reference itself, so KL is 0; later steps have moved away.
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-7)
     assert 0 < rows[1]["kl"] < 1e-2
+
+
+def test_held_out_eval_while_training_and_eval_step_file(tmp_path):
+    wd = str(tmp_path / "ev")
+    ev = ["eval.every=2", "eval.num_problems=16", "eval.k=2", "eval.batch_size=8"]
+    train(_cfg("steps=3", *ev), wd)
+    rows = read_metrics(os.path.join(wd, "metrics.jsonl"))
+    with_eval = [r["step"] for r in rows if "eval/pass@1" in r]
+    assert with_eval == [0, 2, 3]  # the SFT start, every 2 steps, and the last step
+    for r in rows:
+        if "eval/pass@1" in r:
+            assert 0.0 <= r["eval/pass@1"] <= r["eval/pass@k"] <= 1.0 and r["eval/k"] == 2
+    assert os.path.exists(os.path.join(wd, "curves.png"))
+
+    from reason_jax.eval.run import evaluate
+
+    latest = evaluate(_cfg(*ev), wd)
+    assert latest["step"] == 3 and os.path.exists(os.path.join(wd, "eval.json"))
+    before = open(os.path.join(wd, "eval.json")).read()
+    at0 = evaluate(_cfg(*ev), wd, step=0)
+    assert at0["step"] == 0
+    with open(os.path.join(wd, "eval-0.json")) as f:
+        assert json.load(f)["step"] == 0
+    assert open(os.path.join(wd, "eval.json")).read() == before  # not overwritten
+    # The in-loop number at step 0 is the same measurement as `eval --step 0` (greedy aside).
+    assert rows[0]["eval/pass@1"] == pytest.approx(at0["pass@1"])
+
+
+def test_dynamic_sampling_without_informative_groups_skips_then_fails(tmp_path):
+    """An untrained policy solves nothing: every group has zero spread. Steps are skipped
+    (counted, warned), and only max_skipped_steps in a row stop the run, with a message that
+    says what to change."""
+    from reason_jax.rl import DynamicSamplingError
+
+    ds = ["sft.steps=0", "rl.dynamic_sampling=True", "rl.max_gen_batches=2"]
+    wd = str(tmp_path / "skip")
+    train(_cfg("steps=2", *ds, "rl.max_skipped_steps=5"), wd)
+    rows = read_metrics(os.path.join(wd, "metrics.jsonl"))
+    assert [r["dynamic_sampling/skipped_step"] for r in rows] == [1, 1]
+    assert "loss" not in rows[0] and rows[0]["dynamic_sampling/gen_batches"] == 2
+    with pytest.raises(DynamicSamplingError, match="2 steps in a row.*max_gen_batches"):
+        train(_cfg("steps=4", *ds, "rl.max_skipped_steps=2"), str(tmp_path / "fail"))

@@ -111,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
 
     c.eval = ml_collections.ConfigDict()
+    # Held-out pass@1 / pass@k every this many RL steps (and before the first), logged with the
+    # training metrics; 0: only `reason-jax eval`.
+    c.eval.every = 0
     c.eval.num_problems = 256
     c.eval.k = 8
     c.eval.temperature = 1.0

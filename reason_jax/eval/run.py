@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
+from reason_jax import paths
 from reason_jax.eval.metrics import summarise
 from reason_jax.sampling import generate
 from reason_jax.sharding.host_arrays import to_local
@@ -39,14 +39,15 @@ def _generate_rows(run, params, records, *, n, temperature, top_p, max_new_token
     return decode_completions(task, host["tokens"], host["lengths"], host["truncated"])
 
 
-def evaluate(cfg, workdir: str, *, step: int | None = None, write: bool = True) -> dict[str, Any]:
-    """pass@1 (mean over k samples), unbiased pass@k, maj@k and greedy accuracy on the task's
-    held-out prompts; written to `WORKDIR/eval.json`."""
-    from reason_jax.verifiers import VerifierPool
+def score_policy(run, params, pool, *, greedy: bool = True) -> dict[str, Any]:
+    """pass@1 (mean over k samples), unbiased pass@k, maj@k and (with `greedy`) greedy
+    accuracy of `params` (rollout layout) on the task's held-out prompts (`eval.*` keys).
 
-    run, got_step, params = _restore(cfg, workdir, step)
-    e = cfg.eval
-    records = list(run.task.eval_records)
+    Used by `reason-jax eval` and, every `eval.every` RL steps, by the training loop: the same
+    prompts, seeds and sampler each time, so the curve moves only with the policy.
+    """
+    cfg, e = run.cfg, run.cfg.eval
+    records = list(run.task.eval_records)[: e.num_problems]
     if not records:
         raise ValueError("this task has no held-out prompts (set data.eval_path)")
     # Pad the last batch to full size (the mesh needs equal shards); padded rows are dropped.
@@ -55,32 +56,61 @@ def evaluate(cfg, workdir: str, *, step: int | None = None, write: bool = True) 
     records = records + [records[-1]] * (-len(records) % bs)
     results = []
     T = cfg.rollout.max_new_tokens
-    with VerifierPool(cfg.verifier.num_workers) as pool:
-        for i in range(0, len(records), bs):
-            chunk = records[i: i + bs]
-            sampled = _generate_rows(run, params, chunk, n=e.k, temperature=e.temperature,
-                                     top_p=e.top_p, max_new_tokens=T, seed=cfg.seed + 1000 + i)
-            greedy = _generate_rows(run, params, chunk, n=1, temperature=0.0, top_p=1.0,
-                                    max_new_tokens=T, seed=0)
-            rec_k = [r for r in chunk for _ in range(e.k)]
-            s = pool.score(run.task.verifier, sampled, rec_k, timeout_s=cfg.verifier.timeout_s)
-            g = pool.score(run.task.verifier, greedy, chunk, timeout_s=cfg.verifier.timeout_s)
-            for j, rec in enumerate(chunk):
-                if i + j >= n_real:
-                    break
-                infos = s.infos[j * e.k: (j + 1) * e.k]
-                results.append({
-                    "correct": [info["status"] == "ok" for info in infos],
-                    "answers": [_hashable(info.get("extracted")) for info in infos],
-                    "greedy_correct": g.infos[j]["status"] == "ok",
-                    "task": run.task.name,
-                })
+    timeout = cfg.verifier.timeout_s
+    for i in range(0, len(records), bs):
+        chunk = records[i: i + bs]
+        sampled = _generate_rows(run, params, chunk, n=e.k, temperature=e.temperature,
+                                 top_p=e.top_p, max_new_tokens=T, seed=cfg.seed + 1000 + i)
+        rec_k = [r for r in chunk for _ in range(e.k)]
+        s = pool.score(run.task.verifier, sampled, rec_k, timeout_s=timeout)
+        g = None
+        if greedy:
+            texts = _generate_rows(run, params, chunk, n=1, temperature=0.0, top_p=1.0,
+                                   max_new_tokens=T, seed=0)
+            g = pool.score(run.task.verifier, texts, chunk, timeout_s=timeout)
+        for j, _ in enumerate(chunk):
+            if i + j >= n_real:
+                break
+            infos = s.infos[j * e.k: (j + 1) * e.k]
+            row = {"correct": [info["status"] == "ok" for info in infos],
+                   "answers": [_hashable(info.get("extracted")) for info in infos],
+                   "task": run.task.name}
+            if g is not None:
+                row["greedy_correct"] = g.infos[j]["status"] == "ok"
+            results.append(row)
     out = summarise(results, e.k)
-    out["step"] = got_step
     out["temperature"] = e.temperature
+    return out
+
+
+def eval_file(step: int | None) -> str:
+    """`eval.json` for the latest checkpoint; `eval-N.json` for an explicit `--step N`, so
+    measuring an older checkpoint never overwrites the latest one's numbers."""
+    return "eval.json" if step is None else f"eval-{int(step)}.json"
+
+
+def evaluate(cfg, workdir: str, *, step: int | None = None, write: bool = True) -> dict[str, Any]:
+    """`reason-jax eval`: score_policy on a checkpoint -> WORKDIR/eval.json (eval-N.json)."""
+    from reason_jax.verifiers import VerifierPool
+
+    run, got_step, params = _restore(cfg, workdir, step)
+    with VerifierPool(cfg.verifier.num_workers) as pool:
+        out = score_policy(run, params, pool)
+    out["step"] = got_step
     if write and run.is_main:
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(out, f, indent=2)
+        paths.write_text_atomic(paths.join(workdir, eval_file(step)),
+                                json.dumps(out, indent=2))
+    return out
+
+
+def training_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The eval/* scalars the training loop logs (metrics.jsonl, TensorBoard, curves.png)."""
+    k = summary.get("k")
+    out = {"eval/pass@1": summary["pass@1"], "eval/k": k}
+    if k and f"pass@{k}" in summary:
+        out["eval/pass@k"] = summary[f"pass@{k}"]
+    if k and f"maj@{k}" in summary:
+        out["eval/maj@k"] = summary[f"maj@{k}"]
     return out
 
 

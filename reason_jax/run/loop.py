@@ -182,6 +182,9 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     step = start
     skipped_in_a_row = 0
     with _Preempted() as preempt, VerifierPool(cfg.verifier.num_workers) as pool:
+        if cfg.eval.every and start == 0 and end > 0:
+            # Where RL starts (the SFT result): the baseline of the held-out curve.
+            metrics.write(0, _held_out(run, state.params, pool))
         for step in range(start, end):
             t0 = time.perf_counter()
             rollout_params, reshard_s = run.policy.to_rollout(state.params)
@@ -211,6 +214,8 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
             row["compiles"] = compile_count()
             row["throughput/rollout_tokens_per_s"] = stats["rollout_tokens"] / max(
                 stats["time/rollout_s"], 1e-9)
+            if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == end):
+                row.update(_held_out(run, state.params, pool))
             metrics.write(step + 1, row)
             progress.update(step + 1, reward=row["reward/mean"], acc=row["accuracy"],
                             **{"tok/s": row["throughput/rollout_tokens_per_s"]})
@@ -220,6 +225,7 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
             if (step + 1) % cfg.checkpoint.every == 0 or done or preempt.flag or over_budget:
                 run.ckpt.save(step + 1, state, run.meta(step + 1, data_iter.get_state()),
                               force=True)
+                metrics.flush()  # a bucket workdir: the rows up to the checkpoint are uploaded
             if preempt.flag or over_budget:
                 log.warning("stopping after step %d (%s); checkpoint saved", step + 1,
                             "SIGTERM" if preempt.flag else "time budget")
@@ -228,6 +234,17 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     run.ckpt.close()
     metrics.close()
     return summary
+
+
+def _held_out(run, params, pool) -> dict[str, float]:
+    """Held-out pass@1 / pass@k of the current policy (`eval.*`), as eval/* metrics."""
+    from reason_jax.eval.run import score_policy, training_metrics
+
+    t0 = time.perf_counter()
+    rollout_params, _ = run.policy.to_rollout(params)
+    out = training_metrics(score_policy(run, rollout_params, pool, greedy=False))
+    out["time/eval_s"] = time.perf_counter() - t0
+    return out
 
 
 def _check_skips(in_a_row: int, step_cfg) -> None:
