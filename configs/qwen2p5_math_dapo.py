@@ -20,14 +20,18 @@ from reason_jax.config.schema import base_config
 def get_config(arg: str | None = None):
     c = base_config()
     c.steps = 500
-    c.model.init_from = "/path/to/import-hf-output"  # override with --config.model.init_from
+    # The shapes, for planning (`bench train-step --dry-run`) before any download; training
+    # needs the weights: --config.model.init_from=<import-hf output> (it also carries the
+    # tokenizer; without it the run stops with a config error, never trains random weights).
+    c.model.arch = "qwen2.5-math-1.5b"
+    c.model.init_from = ""
     c.model.param_dtype = "bfloat16"
     c.model.dtype = "bfloat16"
     c.model.remat = True
 
     c.data.task = "jsonl"
     c.data.path = "/path/to/math_prompts.jsonl"
-    c.data.tokenizer = ""  # set below to the import-hf dir (it carries tokenizer.json)
+    c.data.tokenizer = ""  # empty: the import-hf dir of model.init_from (it carries tokenizer.json)
     c.data.prompt_template = (
         "Solve the following math problem step by step. The last line of your response "
         "should be of the form Answer: $Answer.\n\n{prompt}\n\nRemember to put your answer "

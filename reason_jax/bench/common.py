@@ -62,9 +62,14 @@ def tokenizer_facts(cfg) -> tuple[int, int]:
     return int(tok.vocab_size), int(tok.pad_id)
 
 
-def model_config(cfg):
-    from reason_jax.run.policy import model_config_from_run
+def model_config(cfg, *, need_pad: bool = True):
+    """(ModelConfig, pad id). The shapes of `model.init_from` / `model.arch` need no tokenizer:
+    a dry run plans a pod from a checkpoint's config.json alone (pad id 0 then, when the
+    caller does not need it)."""
+    from reason_jax.run.policy import model_config_from_run, shapes_known
 
+    if not need_pad and shapes_known(cfg):
+        return model_config_from_run(cfg, None), 0
     vocab, pad = tokenizer_facts(cfg)
     return model_config_from_run(cfg, vocab), pad
 

@@ -200,7 +200,7 @@ def _model_fields(model_cfg):
 def dry_run(cfg, args=None, overrides=()) -> dict:
     """Per-device bytes of parameters, optimizer state, the rollout's KV cache and the train
     step's activations (compiler temporaries) for the config's mesh; nothing is allocated."""
-    model_cfg, _ = common.model_config(cfg)
+    model_cfg, _ = common.model_config(cfg, need_pad=False)
     sizes, fits = common.mesh_sizes(cfg.mesh, jax.device_count())
     ndev = math.prod(sizes.values())
     B, G, S, T = _sizes(cfg)

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.init_from = ""  # an `import-hf` output dir; empty: the built-in tiny model
+    # A named architecture (reason_jax.models.architectures): its shapes, random weights.
+    # For planning a pod (bench train-step --dry-run) before any checkpoint is downloaded.
+    c.model.arch = ""
     c.model.dim = 128
     c.model.num_layers = 2
     c.model.num_heads = 4

@@ -98,6 +98,12 @@ class ModelConfig:
         D, F, V, Q, K, H = (self.dim, self.mlp_dim, self.vocab_size, self.num_heads,
                             self.num_kv_heads, self.head_dim)
         attn = D * Q * H * 2 + D * K * H * 2
+        if self.qkv_bias:
+            attn += (Q + 2 * K) * H
+        if self.o_bias:
+            attn += D
+        if self.qk_norm:
+            attn += 2 * H
         layer = attn + 3 * D * F + 2 * D
         head = 0 if self.tie_embeddings else V * D
         return V * D + self.num_layers * layer + D + head

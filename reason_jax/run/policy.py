@@ -7,6 +7,8 @@ come from the logical-axis rules, and the init is jitted with those `out_shardin
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import jax
@@ -14,31 +16,51 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from reason_jax import paths
+from reason_jax.models.architectures import architecture
 from reason_jax.models.config import ModelConfig
+from reason_jax.models.hf_config import config_from_hf
 from reason_jax.models.transformer import Transformer, logical_axes
 from reason_jax.sharding.rules import ROLLOUT_RULES, TRAIN_RULES, state_shardings
 from reason_jax.run.checkpoint import MODEL_CONFIG, load_model_params, read_model_config
 
 
-def model_config_from_run(cfg, vocab_size: int, workdir: str | None = None) -> ModelConfig:
-    """The workdir's own model (resume, eval, sample), else `init_from`'s, else the config's
-    tiny model. Dtypes and remat always come from the config (they may change on resume)."""
+def model_config_from_run(cfg, vocab_size: int | None, workdir: str | None = None
+                          ) -> ModelConfig:
+    """The model's shapes, from the first of: the workdir's own model_config.json (resume,
+    eval, sample), `model.init_from` (an import-hf output, or any folder with a checkpoint's
+    HF config.json), `model.arch` (a named architecture), the config's tiny model (whose vocab
+    is the tokenizer's `vocab_size`). Dtypes and remat always come from the config (they may
+    change on resume)."""
     m = cfg.model
     source = None
     if workdir and paths.exists(paths.join(workdir, MODEL_CONFIG)):
         source = workdir
     elif m.init_from:
         source = m.init_from
+    dtypes = dict(param_dtype=m.param_dtype, dtype=m.dtype)
+    if source and not paths.exists(paths.join(source, MODEL_CONFIG)) and \
+            paths.exists(paths.join(source, "config.json")):
+        hf = json.loads(paths.read_text(paths.join(source, "config.json")))
+        return dataclasses.replace(config_from_hf(hf, **dtypes), remat=m.remat)
     if source:
         d = read_model_config(source)
         d.pop("extra", None)
-        d.update(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+        d.update(remat=m.remat, **dtypes)
         return ModelConfig.from_dict(d)
+    if m.arch:
+        return dataclasses.replace(architecture(m.arch, **dtypes), remat=m.remat)
+    if vocab_size is None:
+        raise ValueError("the built-in model's vocabulary comes from the tokenizer")
     return ModelConfig(vocab_size=vocab_size, dim=m.dim, num_layers=m.num_layers,
                        num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
                        mlp_dim=m.mlp_dim, arch="llama", norm_eps=1e-5, tie_embeddings=True,
                        max_position_embeddings=4096, param_dtype=m.param_dtype,
                        dtype=m.dtype, remat=m.remat)
+
+
+def shapes_known(cfg) -> bool:
+    """True when the model's shapes come from the config alone (no tokenizer needed)."""
+    return bool(cfg.model.init_from or cfg.model.arch)
 
 
 class Policy:
