@@ -66,8 +66,6 @@ CASES = {
              tie_word_embeddings=False, rope_theta=1000000.0), {"bf16": True}),
 }
 
-MEASURED: dict[str, float] = {}
-
 
 def _randomise_(model: torch.nn.Module, seed: int) -> None:
     """HF inits biases to zero and norms to one: make every tensor random and nonzero."""
@@ -146,7 +144,6 @@ def test_logit_parity_with_transformers(hf_models, tokens, name):
     assert got.shape == ref.shape == (2, SEQ, VOCAB)
     assert got.dtype == np.float32
     diff = _max_diff(got, ref)
-    MEASURED[name] = diff
     print(f"\n[parity] {name}: max |ours - transformers| = {diff:.3e} "
           f"(logit scale {np.abs(ref).max():.2f})")
     assert diff <= TOL, diff
@@ -166,7 +163,6 @@ def test_left_padded_parity_with_transformers(hf_models, tokens, name):
     got = np.asarray(ours(jnp.asarray(tokens, jnp.int32), jnp.asarray(pos, jnp.int32),
                           jnp.asarray(valid)))
     diff = _max_diff(got[valid], ref[valid])
-    MEASURED[f"leftpad:{name}"] = diff
     print(f"\n[parity left-padded] {name}: {diff:.3e}")
     assert diff <= TOL, diff
     assert np.all(np.isfinite(got))
@@ -257,7 +253,6 @@ def test_export_roundtrip_loads_in_transformers(hf_models, tokens, tmp_path, nam
     diff_orig = _max_diff(_hf_logits(hf_models[name]["model"], tokens), ref)
     print(f"\n[export] {name}: transformers(export) vs ours {diff:.3e}; "
           f"vs original HF model {diff_orig:.3e}")
-    MEASURED[f"export:{name}"] = diff
     assert diff <= TOL
     # And we read our own export back to the same model.
     again = from_hf(out)
@@ -281,7 +276,6 @@ def test_bf16_export_loads(hf_models, tokens, tmp_path):
     drift = _max_diff(_our_logits(again, tokens), _our_logits(ours, tokens))
     print(f"\n[export bf16] {name}: transformers vs ours on bf16 weights {diff:.3e}; "
           f"bf16 rounding drift {drift:.3e}")
-    MEASURED["export_bf16"] = diff
     assert diff <= TOL
     assert 0 < drift < 0.5  # rounded, but still the same model
 
@@ -415,8 +409,3 @@ def test_export_rejects_configs_hf_cannot_express(tmp_path, arch, flags, match):
     with pytest.raises(UnsupportedConfigError, match=match):
         config_to_hf(cfg)
 
-
-def test_print_measured_summary():
-    """Runs last in this module: one line with every measured parity number (use -s)."""
-    if MEASURED:
-        print("\n[parity summary] " + ", ".join(f"{k}={v:.2e}" for k, v in MEASURED.items()))
