@@ -14,7 +14,7 @@ import ml_collections
 # The `rl` keys: every field of reason_jax.rl.StepConfig except the sampling temperature, which
 # is `rollout.temperature`. Typed here so that `--config.rl.KEY=VALUE` parses.
 _RL_KEYS = {
-    "ppo_epochs": int, "num_minibatches": int, "micro_batches": int,
+    "ppo_epochs": int, "num_minibatches": int, "micro_batches": int, "length_buckets": int,
     "clip_low": float, "clip_high": float, "dual_clip": float, "agg": str, "level": str,
     "beta": float, "kl_kind": str, "entropy_coef": float,
     "recompute_old_logp": bool, "rollout_correction": str, "rollout_correction_cap": float,

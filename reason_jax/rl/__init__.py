@@ -21,8 +21,12 @@ from reason_jax.rl.rollout_batch import (
     RolloutBatch,
     chunked_logprobs,
     completion_logprobs,
+    length_buckets,
+    length_grouped_order,
     make_logprob_fn,
     row_layout,
+    switch_on_length,
+    trim,
 )
 from reason_jax.rl.step_config import FILTER_METRICS, ROLLOUT_CORRECTIONS, StepConfig
 from reason_jax.rl.train_step import (
@@ -72,6 +76,8 @@ __all__ = [
     "group_advantages",
     "guarded_update",
     "kl_penalty",
+    "length_buckets",
+    "length_grouped_order",
     "make_logprob_fn",
     "make_optimizer",
     "make_schedule",
@@ -83,5 +89,7 @@ __all__ = [
     "policy_loss",
     "policy_loss_terms",
     "row_layout",
+    "switch_on_length",
+    "trim",
     "train_state_shardings",
 ]

@@ -109,17 +109,86 @@ def merge_rows(x):
     return jnp.swapaxes(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
+def length_buckets(T: int, n: int) -> tuple[int, ...]:
+    """`n` trimmed response lengths, evenly spaced up to T (n <= 1: just T)."""
+    return tuple(sorted({max(1, -(-T * (i + 1) // n)) for i in range(max(n, 1))}))
+
+
+def trim(rows, t: int, T: int):
+    """Rows cut to their first t completion columns: `*_NX` arrays keep S + t columns, `*_NT`
+    arrays t. Exact for every position < S + t: attention is causal, so the cut columns never
+    influence them."""
+    def cut(name, x):
+        if name.endswith("_NX"):
+            return x[:, : x.shape[1] - (T - t)]
+        if name.endswith("_NT"):
+            return x[:, :t]
+        return x
+    return {k: cut(k, v) for k, v in rows.items()}
+
+
+def switch_on_length(fn, rows, buckets: tuple[int, ...], T: int):
+    """`fn(trim(rows, t))` for the smallest bucket t that holds every masked position of
+    `rows` (lax.switch: one compiled branch per bucket, no recompilation, and compute follows
+    the longest real row instead of T)."""
+    if len(buckets) <= 1:
+        return fn(rows)
+    mask_NT = rows["mask_NT"]
+    last = jnp.max(jnp.where(mask_NT > 0, jnp.arange(1, T + 1)[None, :], 0))
+    index = jnp.searchsorted(jnp.asarray(buckets), last)
+    branches = [lambda r, t=t: fn(trim(r, t, T)) for t in buckets]
+    return jax.lax.switch(jnp.minimum(index, len(buckets) - 1), branches, rows)
+
+
+def length_grouped_order(lengths_N, *, num_minibatches: int, micro_batches: int,
+                         data_shards: int = 1) -> np.ndarray:
+    """A row permutation (host side) after which every micro-batch holds rows of similar
+    length, so `switch_on_length` can trim it.
+
+    The train step splits rows with `split_rows` (strided): minibatch m, micro-batch c is the
+    residue class m + M*c modulo P = M*A, and each data shard holds a contiguous block. Within
+    every block the rows are sorted by length; micro-batch c of every minibatch gets the c-th
+    length quantile, dealt round-robin over the minibatches. Any permutation leaves the loss
+    exact (every term is per-row numerators over the minibatch normaliser); this one only
+    decides which rows share a micro-batch.
+    """
+    lengths_N = np.asarray(lengths_N)
+    N, M, A = len(lengths_N), num_minibatches, micro_batches
+    P = M * A
+    block = N // data_shards
+    if N % data_shards or block % P:
+        raise ValueError(f"{N} rows do not split into {data_shards} shards of {P} parts")
+    per = block // P
+    order = np.empty(N, np.int64)
+    for d in range(data_shards):
+        rows = d * block + np.argsort(lengths_N[d * block:(d + 1) * block], kind="stable")
+        for c in range(A):
+            group = rows[c * M * per:(c + 1) * M * per]
+            for m in range(M):
+                order[d * block + m + M * c + P * np.arange(per)] = group[m::M]
+    return order
+
+
 def chunked_logprobs(apply_fn: ApplyFn, params, batch, T: int, *, chunks: int = 1,
-                     temperature: float = 1.0, sharding=None):
+                     temperature: float = 1.0, sharding=None, buckets: tuple[int, ...] = ()):
     """logp_NT (no gradient) over `chunks` sequential row chunks: chunking bounds the
-    [rows, T, V] logits held at once. Jittable."""
-    fields = {k: get_field(batch, k) for k in ("tokens_NX", "positions_NX", "valid_NX")}
+    [rows, T, V] logits held at once; `buckets` trims each chunk (`switch_on_length`).
+    Jittable."""
+    names = ("tokens_NX", "positions_NX", "valid_NX", "mask_NT")
+    fields = {k: get_field(batch, k) for k in names if get_field(batch, k) is not None}
     chunked = jax.tree.map(lambda x: split_rows(x, chunks), fields)
+
+    def logp(chunk):
+        t = chunk["tokens_NX"].shape[1] - (fields["tokens_NX"].shape[1] - T)
+        out_Nt = completion_logprobs(apply_fn, params, chunk, t, temperature=temperature)[0]
+        return jnp.pad(out_Nt, ((0, 0), (0, T - t)))
 
     def one(chunk):
         if sharding is not None:
             chunk = jax.lax.with_sharding_constraint(chunk, sharding)
-        return completion_logprobs(apply_fn, params, chunk, T, temperature=temperature)[0]
+        if buckets and "mask_NT" in chunk:
+            return switch_on_length(logp, chunk, tuple(buckets), T)
+        return logp(chunk)
 
     return jax.lax.stop_gradient(merge_rows(jax.lax.map(one, chunked)))
 

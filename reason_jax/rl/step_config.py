@@ -24,6 +24,9 @@ class StepConfig:
     """One RL algorithm, fully specified. Field groups:
 
     update: ppo_epochs x num_minibatches x micro_batches updates per rollout batch;
+      length_buckets > 1 groups rows of similar length into micro-batches and trims each to
+      the smallest of that many lengths holding its longest row (compute follows real tokens;
+      one compiled branch per bucket);
     surrogate: clip_low / clip_high (clip-higher), dual_clip (None: off), agg (aggregation.py),
       level ("token", or "sequence" for GSPO);
     regularisers: beta x KL(kl_kind) to the reference policy, entropy_coef x entropy bonus;
@@ -39,6 +42,7 @@ class StepConfig:
     ppo_epochs: int = 1
     num_minibatches: int = 1
     micro_batches: int = 1
+    length_buckets: int = 1
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float | None = None
@@ -68,8 +72,8 @@ class StepConfig:
         def fail(msg):
             raise ValueError(msg)
 
-        for name in ("ppo_epochs", "num_minibatches", "micro_batches", "max_gen_batches",
-                     "max_skipped_steps"):
+        for name in ("ppo_epochs", "num_minibatches", "micro_batches", "length_buckets",
+                     "max_gen_batches", "max_skipped_steps"):
             if int(getattr(self, name)) < 1:
                 fail(f"rl.{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.clip_low < 1:

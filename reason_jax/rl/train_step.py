@@ -37,7 +37,7 @@ from reason_jax.rl.optimizer import current_learning_rate
 from reason_jax.rl.policy_loss import LOG_RATIO_CLAMP, combine_sums, finalize_metrics, \
     policy_loss_terms
 from reason_jax.rl.rollout_batch import chunked_logprobs, completion_logprobs, get_field, \
-    split_rows
+    length_buckets, split_rows, switch_on_length
 from reason_jax.rl.step_config import StepConfig
 
 
@@ -92,8 +92,10 @@ def pi_old(apply_fn, params, data, cfg: StepConfig, *, parts: int, sharding=None
     this forward never holds more logits than one training micro-batch), or the sampler's."""
     if not cfg.recompute_old_logp:
         return data["sampler_logp_NT"]
-    return chunked_logprobs(apply_fn, params, data, data["mask_NT"].shape[1], chunks=parts,
-                            temperature=cfg.temperature, sharding=sharding)
+    T = data["mask_NT"].shape[1]
+    return chunked_logprobs(apply_fn, params, data, T, chunks=parts,
+                            temperature=cfg.temperature, sharding=sharding,
+                            buckets=length_buckets(T, cfg.length_buckets))
 
 
 def mismatch(old_logp_NT, sampler_logp_NT, mask_NT, cfg: StepConfig):
@@ -171,11 +173,15 @@ def accumulate(params, minibatch, *, apply_fn, cfg: StepConfig, sharding=None):
     `cfg.micro_batches` micro-batches with `lax.scan`. Returns (grads, loss, sums, normaliser)."""
     normaliser = agg_normaliser(minibatch["mask_NT"], cfg.agg)
     grad_fn = jax.value_and_grad(micro_batch_loss, has_aux=True)
+    T = minibatch["mask_NT"].shape[1]
+
+    def loss_and_grad(micro):
+        return grad_fn(params, micro, normaliser, apply_fn=apply_fn, cfg=cfg)
 
     def body(acc, micro):
         grads_acc, loss_acc, sums_acc = acc
-        (loss, sums), grads = grad_fn(params, _constrain(micro, sharding), normaliser,
-                                      apply_fn=apply_fn, cfg=cfg)
+        (loss, sums), grads = switch_on_length(loss_and_grad, _constrain(micro, sharding),
+                                               length_buckets(T, cfg.length_buckets), T)
         grads_acc = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grads_acc, grads)
         return (grads_acc, loss_acc + loss, combine_sums(sums_acc, sums)), None
 

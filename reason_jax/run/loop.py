@@ -37,7 +37,7 @@ from reason_jax.run.rollout import collect, train_batch
 from reason_jax.sharding import distributed
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
 from reason_jax.sharding.hosts import HostSlice
-from reason_jax.sharding.mesh import make_mesh
+from reason_jax.sharding.mesh import data_size, make_mesh
 from reason_jax.run.sft import run_sft
 from reason_jax.run.task import build_task
 from reason_jax.verifiers import VerifierPool
@@ -200,8 +200,9 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
                 _check_skips(skipped_in_a_row, run.step_cfg)
             else:
                 skipped_in_a_row = 0
-                batch = to_global(train_batch(run.step_cfg, cfg.rollout.group_size, rows),
-                                  run.mesh)
+                shards = data_size(run.mesh) // jax.process_count()
+                batch = to_global(train_batch(run.step_cfg, cfg.rollout.group_size, rows,
+                                              shards), run.mesh)
                 if run.ref_logp_fn is not None:
                     batch["ref_logp_NT"] = run.ref_logp_fn(run.ref_params, batch)
                 state, m = run.train_step(state, batch)

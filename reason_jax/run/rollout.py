@@ -137,8 +137,13 @@ def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, ste
     return rows, stats
 
 
-def train_batch(step_cfg: StepConfig, group_size: int, rows) -> dict[str, np.ndarray]:
-    """Host rows -> the train step's batch (`rl.row_layout`: prompt left-padded, completion)."""
+def train_batch(step_cfg: StepConfig, group_size: int, rows, data_shards: int = 1
+                ) -> dict[str, np.ndarray]:
+    """Host rows -> the train step's batch (`rl.row_layout`: prompt left-padded, completion).
+
+    With `length_buckets` > 1 the rows are reordered so that each micro-batch holds rows of
+    similar length (`data_shards`: this host's shards of the data axes); advantages are
+    computed per group before, so the order changes nothing but what is trimmed."""
     r = step_cfg
     adv_N = np.asarray(rl.group_advantages(rows["rewards"], group_size, std=r.std,
                                            eps=r.adv_eps), np.float32)
@@ -150,7 +155,7 @@ def train_batch(step_cfg: StepConfig, group_size: int, rows) -> dict[str, np.nda
     tokens_NX, positions_NX, valid_NX = rl.row_layout(
         np.asarray(rows["prompt_tokens"]), rows["prompt_valid"], np.asarray(rows["tokens"]),
         rows["mask"])
-    return {
+    batch = {
         "tokens_NX": tokens_NX,
         "positions_NX": positions_NX,
         "valid_NX": valid_NX,
@@ -160,3 +165,9 @@ def train_batch(step_cfg: StepConfig, group_size: int, rows) -> dict[str, np.nda
         # mismatch metrics and correction.
         "sampler_logp_NT": rows["logprobs"].astype(np.float32),
     }
+    if r.length_buckets > 1:
+        order = rl.length_grouped_order(
+            np.asarray(rows["lengths"]), num_minibatches=r.num_minibatches,
+            micro_batches=r.micro_batches, data_shards=data_shards)
+        batch = {k: v[order] for k, v in batch.items()}
+    return batch
