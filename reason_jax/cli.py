@@ -58,10 +58,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from reason_jax.data.bucketing import PromptTooLongError
     from reason_jax.data.prompts import BadRowError
     from reason_jax.models.hf_config import UnsupportedConfigError
+    from reason_jax.paths import LocalPathRequired
     from reason_jax.rl.dynamic_sampling import DynamicSamplingError
 
     return (ConfigError, BadRowError, PromptTooLongError, UnsupportedConfigError,
-            DynamicSamplingError, FileNotFoundError, NotADirectoryError, PermissionError)
+            DynamicSamplingError, LocalPathRequired, FileNotFoundError, NotADirectoryError,
+            PermissionError)
 
 
 def _workdir(args, default="runs/countdown") -> str:
@@ -153,14 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     sa.set_defaults(fn=cmd_sample)
 
     i = sub.add_parser("import-hf", help="HF config.json + safetensors -> checkpoint")
-    i.add_argument("src")
-    i.add_argument("out")
+    i.add_argument("src", help="local HF folder (its safetensors are memory-mapped: not gs://)")
+    i.add_argument("out", help="output folder, local or gs://")
     i.add_argument("--dtype", default="float32", help="parameter dtype to store")
     i.set_defaults(fn=cmd_import_hf)
 
     x = sub.add_parser("export-hf", help="checkpoint -> HF safetensors + config.json")
-    x.add_argument("workdir_or_dir")
-    x.add_argument("out")
+    x.add_argument("workdir_or_dir", help="workdir or import-hf output, local or gs://")
+    x.add_argument("out", help="output folder, local or gs://")
     x.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     x.set_defaults(fn=cmd_export_hf)
 

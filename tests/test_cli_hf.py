@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from hf_fixtures import random_hf_model  # noqa: E402
+
 from reason_jax.cli import build_parser, main  # noqa: E402
 from reason_jax.models import from_hf  # noqa: E402
 
@@ -27,12 +29,7 @@ def _hf_model(tmp_path):
     cfg = transformers.Qwen2Config(vocab_size=67, hidden_size=32, intermediate_size=48,
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.1)
+    model = random_hf_model(cfg)
     src = str(tmp_path / "hf")
     model.save_pretrained(src)
     return model, src
@@ -57,5 +54,6 @@ def test_import_then_export_roundtrip(tmp_path, capsys):
 
 
 def test_export_errors_clearly_without_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_config.json"):
+    # A user error: one line naming the missing file, no traceback (cli._user_errors).
+    with pytest.raises(SystemExit, match="FileNotFoundError: .* has no model_config.json"):
         main(["export-hf", str(tmp_path), str(tmp_path / "out")])

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from hf_fixtures import byte_level_bpe
 
 from reason_jax.data import build_countdown_tokenizer as build
 from reason_jax.data.countdown import all_solutions, countdown_tokenizer, eval_problems, generate_problem
@@ -60,20 +61,7 @@ def test_countdown_round_trip_exact():
 
 
 def _tiny_hf_tokenizer():
-    from tokenizers import Tokenizer as RawTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    raw = RawTokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    raw.train_from_iterator(["hello world", "the answer is 42", "3,7,9:090=(3+7)*9"] * 20, trainer)
-    return raw
+    return byte_level_bpe(["hello world", "the answer is 42", "3,7,9:090=(3+7)*9"] * 20)
 
 
 def test_hf_tokenizer_without_configs(tmp_path):

@@ -10,16 +10,20 @@ code ``tests``). Field names are configurable so that an existing dataset can be
 Bad rows (invalid JSON, a missing field, a wrong type) raise :class:`BadRowError` naming the
 file and line (row for Parquet). With ``skip_bad_rows=True`` they are skipped, counted in
 ``PromptDataset.num_skipped`` and reported with a warning. Parquet needs ``pyarrow`` (an
-optional dependency: ``pip install pyarrow``).
+optional dependency: ``pip install pyarrow``). Paths may be local or ``gs://``: files are
+streamed through ``reason_jax.paths`` (etils.epath), and messages name the path as given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
+
+from reason_jax import paths
 
 __all__ = ["BadRowError", "PromptDataset", "load_prompts", "load_jsonl", "load_parquet"]
 
@@ -130,7 +134,7 @@ class _RowConverter:
 class _Collector:
     """Applies the converter row by row, either raising or skipping and counting."""
 
-    def __init__(self, path: Path, convert: _RowConverter, skip_bad_rows: bool, unit: str):
+    def __init__(self, path: str, convert: _RowConverter, skip_bad_rows: bool, unit: str):
         self.path, self.convert, self.skip_bad_rows, self.unit = path, convert, skip_bad_rows, unit
         self.records: list[dict] = []
         self.num_skipped = 0
@@ -161,10 +165,23 @@ class _Collector:
         )
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+@contextlib.contextmanager
+def _open_text(path: str):
+    p = paths.as_path(path)
+    if not path.endswith(".gz"):
+        with p.open("r", encoding="utf-8") as f:
+            yield f
+        return
+    with p.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+        yield f
+
+
+def _check_file(path: str | Path) -> str:
+    """The path as given (for messages), after making sure it is a file."""
+    path = str(path)
+    if not paths.as_path(path).is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    return path
 
 
 def load_jsonl(
@@ -182,9 +199,7 @@ def load_jsonl(
     A file whose first character is ``[`` is read as one JSON array of rows instead.
     See :func:`load_prompts` for the arguments.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
+    path = _check_file(path)
     convert = _RowConverter(prompt_field, answer_field, required_fields, prompt_template)
     with _open_text(path) as f:
         head = f.read(4096).lstrip()
@@ -207,7 +222,7 @@ def load_jsonl(
 
 
 def _load_json_array(
-    path: Path, convert: _RowConverter, skip_bad_rows: bool, limit: int | None
+    path: str, convert: _RowConverter, skip_bad_rows: bool, limit: int | None
 ) -> PromptDataset:
     """A ``.json`` file holding one array of row objects (rows numbered from 1)."""
     with _open_text(path) as f:
@@ -241,18 +256,18 @@ def load_parquet(
         raise ImportError(
             "reading Parquet prompt files needs pyarrow: pip install pyarrow"
         ) from e
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
+    path = _check_file(path)
     convert = _RowConverter(prompt_field, answer_field, required_fields, prompt_template)
     collect = _Collector(path, convert, skip_bad_rows, "row")
     row_no = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            row_no += 1
-            collect.add(row_no, row)
-            if limit is not None and len(collect.records) >= limit:
-                return collect.finish(limit)
+    # pyarrow reads a seekable file object, so a bucket file needs no local copy.
+    with paths.as_path(path).open("rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                row_no += 1
+                collect.add(row_no, row)
+                if limit is not None and len(collect.records) >= limit:
+                    return collect.finish(limit)
     return collect.finish(limit)
 
 
@@ -284,8 +299,8 @@ def load_prompts(
         A :class:`PromptDataset`; every record is the row with the prompt (and answer) fields
         renamed, other fields passed through for the verifier.
     """
-    path = Path(path)
-    name = path.name.lower()
+    path = str(path)
+    name = path.lower()
     kwargs = dict(
         prompt_field=prompt_field,
         answer_field=answer_field,

@@ -15,7 +15,6 @@ Layouts (HF stores Linear weights as [out, in]):
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable
 
 import jax
@@ -24,6 +23,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from reason_jax import paths
 from reason_jax.models.config import ModelConfig, as_dtype
 from reason_jax.models.hf_config import config_from_hf, config_to_hf
 from reason_jax.models.safetensors_io import index_checkpoint, write_file
@@ -131,11 +131,10 @@ def _abstract_model(cfg: ModelConfig):
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    cfg_path = paths.as_path(path) / "config.json"
+    if not cfg_path.exists():
         raise FileNotFoundError(f"{path} has no config.json")
-    with open(cfg_path) as f:
-        return json.load(f)
+    return json.loads(cfg_path.read_text())
 
 
 def load_state_from_hf(path: str, cfg: ModelConfig,
@@ -193,6 +192,9 @@ def from_hf(path: str, dtype: Any = jnp.float32, *, param_dtype: Any = None,
             mesh: jax.sharding.Mesh | None = None, rules: Any = None) -> Transformer:
     """Load a Llama / Qwen2 / Qwen3 HF checkpoint folder as a `Transformer`.
 
+    `path` is a local folder: its safetensors are memory-mapped (a gs:// folder is refused
+    with a message saying how to copy it).
+
     `dtype` is the compute dtype (parameters default to the same). With `mesh`, parameters
     are placed directly with the shardings given by the logical-axis `rules`.
     """
@@ -209,8 +211,10 @@ def from_hf(path: str, dtype: Any = jnp.float32, *, param_dtype: Any = None,
 
 def export_hf(state_pure: dict, cfg: ModelConfig, out_dir: str, *, dtype: str = "float32",
               max_shard_bytes: int = 4 << 30, generation: dict[str, Any] | None = None) -> None:
-    """Write HF-format `config.json` + safetensors (sharded with an index when large)."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write HF-format `config.json` + safetensors (sharded with an index when large) into
+    `out_dir`, local or gs://."""
+    out = paths.as_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16,
                 "float16": np.float16}[dtype]
     tensors: list[tuple[str, np.ndarray]] = []
@@ -229,21 +233,20 @@ def export_hf(state_pure: dict, cfg: ModelConfig, out_dir: str, *, dtype: str = 
         shards[-1].append(t)
         size += t[1].nbytes
     if len(shards) == 1:
-        write_file(os.path.join(out_dir, "model.safetensors"), shards[0], {"format": "pt"})
+        write_file(out / "model.safetensors", shards[0], {"format": "pt"})
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            write_file(os.path.join(out_dir, name), shard, {"format": "pt"})
+            write_file(out / name, shard, {"format": "pt"})
             weight_map.update({n: name for n, _ in shard})
         total = sum(a.nbytes for _, a in tensors)
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        paths.write_text_atomic(out / "model.safetensors.index.json", json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     gen = generation or {}
     hf_cfg = config_to_hf(cfg, torch_dtype=dtype, eos_token_id=gen.get("eos_token_id"),
                           bos_token_id=gen.get("bos_token_id"))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_cfg, f, indent=2)
+    # config.json last: a folder with a config.json is a complete export.
     if gen:
-        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-            json.dump(gen, f, indent=2)
+        paths.write_text_atomic(out / "generation_config.json", json.dumps(gen, indent=2))
+    paths.write_text_atomic(out / "config.json", json.dumps(hf_cfg, indent=2))

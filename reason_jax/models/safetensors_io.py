@@ -2,7 +2,8 @@
 
 We parse the format ourselves (an 8-byte header length, a JSON header, raw little-endian
 bytes) because the `safetensors` numpy API cannot represent bfloat16, and because reading
-through `np.memmap` touches only the bytes of the slice a device needs.
+through `np.memmap` touches only the bytes of the slice a device needs. Memory maps need local
+files, so reading is local only; writing goes through `reason_jax.paths` (local or gs://).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Iterable
 
 import ml_dtypes
 import numpy as np
+
+from reason_jax import paths
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -59,6 +62,7 @@ def read_header(path: str) -> dict[str, TensorEntry]:
 
 def index_checkpoint(folder: str) -> dict[str, TensorEntry]:
     """All tensors of a HF folder: `model.safetensors`, or shards listed in the index file."""
+    folder = paths.require_local(folder, "HF safetensors are read through memory maps")
     index_path = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index_path):
         with open(index_path) as f:
@@ -82,9 +86,9 @@ def index_checkpoint(folder: str) -> dict[str, TensorEntry]:
     return entries
 
 
-def write_file(path: str, tensors: Iterable[tuple[str, np.ndarray]],
+def write_file(path, tensors: Iterable[tuple[str, np.ndarray]],
                metadata: dict[str, str] | None = None) -> None:
-    """Write tensors (materialised one at a time by the iterable) as one safetensors file."""
+    """Write tensors as one safetensors file, local or gs:// (it appears only once complete)."""
     tensors = list(tensors)
     header, offset = {}, 0
     for name, arr in tensors:
@@ -96,10 +100,8 @@ def write_file(path: str, tensors: Iterable[tuple[str, np.ndarray]],
         header["__metadata__"] = metadata
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with paths.atomic_writer(path) as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for _, arr in tensors:
             f.write(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
-    os.replace(tmp, path)

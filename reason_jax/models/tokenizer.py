@@ -11,7 +11,9 @@ talks to the :class:`Tokenizer` protocol only:
 - ``eos_ids`` is a tuple because chat models stop on several tokens (``<|im_end|>`` and
   ``<|endoftext|>`` for Qwen, ``<|eot_id|>`` and ``<|end_of_text|>`` for Llama 3).
 
-``load_tokenizer(path)`` picks the implementation from the file type or folder content.
+``load_tokenizer(path)`` picks the implementation from the file type or folder content. Paths
+may be local or gs:// (an import-hf output in a bucket): files are read whole through
+``reason_jax.paths``, never opened by name by the tokenizer libraries.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+
+from etils import epath
+
+from reason_jax import paths
 
 __all__ = [
     "Tokenizer",
@@ -79,11 +85,11 @@ class SentencePieceTokenizer:
     def __init__(self, path: str | Path):
         import sentencepiece as spm
 
-        path = Path(path)
+        path = paths.as_path(path)
         if not path.is_file():
             raise FileNotFoundError(f"SentencePiece model not found: {path}")
         self.path = path
-        self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        self._sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
         self.vocab_size: int = int(self._sp.vocab_size())
         eos = int(self._sp.eos_id())
         bos = int(self._sp.bos_id())
@@ -121,14 +127,13 @@ class SentencePieceTokenizer:
         return f"SentencePieceTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: epath.Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    with path.open(encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from e
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
     return data if isinstance(data, dict) else {}
 
 
@@ -179,15 +184,16 @@ class HFTokenizer:
     ):
         from tokenizers import Tokenizer as _RawTokenizer
 
-        path = Path(path)
-        file = path / "tokenizer.json" if path.is_dir() else path
+        path = paths.as_path(path)
+        is_dir = path.is_dir()
+        file = path / "tokenizer.json" if is_dir else path
         if not file.is_file():
             raise FileNotFoundError(
                 f"HF tokenizer file not found: {file}"
-                + (" (the folder has no tokenizer.json)" if path.is_dir() else "")
+                + (" (the folder has no tokenizer.json)" if is_dir else "")
             )
         self.path = file
-        self._tok = _RawTokenizer.from_file(str(file))
+        self._tok = _RawTokenizer.from_str(file.read_text(encoding="utf-8"))
         self.vocab_size: int = int(self._tok.get_vocab_size(with_added_tokens=True))
 
         folder = file.parent
@@ -285,10 +291,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
       special tokens), else a folder with ``tokenizer.model`` or exactly one ``*.model`` ->
       :class:`SentencePieceTokenizer`.
     """
-    path = Path(path)
+    path = paths.as_path(path)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer path does not exist: {path}")
-    if path.is_file():
+    if not path.is_dir():
         if path.suffix == ".model":
             return SentencePieceTokenizer(path)
         if path.suffix == ".json":

@@ -1,12 +1,16 @@
-"""`import-hf` and `export-hf`: moving weights between HF folders and reason-jax checkpoints."""
+"""`import-hf` and `export-hf`: moving weights between HF folders and reason-jax checkpoints.
+
+import-hf reads a local HF folder (safetensors are memory-mapped) and writes anywhere (local or
+gs://); export-hf reads a workdir or import-hf output anywhere and writes anywhere.
+"""
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 
+from reason_jax import paths
 from reason_jax.models.config import ModelConfig
 from reason_jax.models.hf_config import config_from_hf
 from reason_jax.models.hf_weights import export_hf, load_state_from_hf, read_hf_config
@@ -16,16 +20,16 @@ from reason_jax.run.checkpoint import load_model_params, read_model_config, save
 def import_hf(src: str, out: str, *, dtype: str = "float32") -> dict:
     """Write `out/params` (Orbax) + `out/model_config.json`; copy tokenizer files along."""
     t0 = time.perf_counter()
+    paths.require_local(src, "import-hf memory-maps the HF safetensors of SRC")
     cfg = config_from_hf(read_hf_config(src), param_dtype=dtype, dtype=dtype)
     _, state = load_state_from_hf(src, cfg)
     params = state.to_pure_dict()
     save_model(out, params, cfg.to_dict())
     for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                  "generation_config.json", "special_tokens_map.json"):
-        p = os.path.join(src, name)
-        if os.path.exists(p):
-            with open(p, "rb") as fi, open(os.path.join(out, name), "wb") as fo:
-                fo.write(fi.read())
+        p = paths.as_path(src) / name
+        if p.exists() and jax.process_index() == 0:
+            paths.write_bytes_atomic(paths.as_path(out) / name, p.read_bytes())
     return {"out": out, "arch": cfg.arch, "params": cfg.num_params(),
             "seconds": round(time.perf_counter() - t0, 3)}
 
