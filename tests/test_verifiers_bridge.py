@@ -97,8 +97,10 @@ def test_module_level_score():
 
 def test_inline_pool():
     with VerifierPool(num_workers=0) as p:
-        res = p.score("math", [r"\boxed{2}"], [{"answer": "2"}])
+        res = p.score("countdown", ["(3+7)*9"], [{"numbers": [3, 7, 9], "target": 90}])
         assert res.rewards == [1.0]
+        with pytest.raises(ValueError, match="isolated"):  # math never runs in-process
+            p.score("math", [r"\boxed{2}"], [{"answer": "2"}])
 
 
 def test_measure_costs(pool, capsys):
@@ -113,6 +115,7 @@ def test_measure_costs(pool, capsys):
     cd_batch = (time.perf_counter() - t) / 5
     mcomps = [r"The answer is \boxed{\dfrac{3}{4}}", r"\boxed{0.75}", "Answer: 1,000", "none"] * (n // 4)
     mrec = [{"answer": r"\frac{3}{4}"}] * n
+    pool.score("math", mcomps, mrec, timeout_s=2.0)  # warm: starts the isolated workers
     t = time.perf_counter()
     for _ in range(5):
         pool.score("math", mcomps, mrec, timeout_s=2.0)
@@ -137,10 +140,11 @@ def test_workers_die_with_parent():
     import subprocess
     import sys
     code = ("import time\nfrom reason_jax.verifiers import VerifierPool\n"
-            "p = VerifierPool(2)\nprint(*p.worker_pids, flush=True)\ntime.sleep(60)\n")
+            "p = VerifierPool(2)\np.isolation('math')\n"  # plain and isolated workers
+            "print(*p.worker_pids, flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     pids = [int(x) for x in proc.stdout.readline().split()]
-    assert len(pids) == 2
+    assert len(pids) == 4
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 3.0

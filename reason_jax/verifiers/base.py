@@ -97,6 +97,44 @@ def compose(verdict: Any, options: Mapping[str, Any]) -> dict:
             "detail": _clip(verdict.detail)}
 
 
+def outcome_of(result: Any) -> list:
+    """What a worker sends back for one sample (JSON-able, so the parent never unpickles what
+    a possibly compromised worker wrote): ``["v", status, fraction, format_ok, extracted,
+    detail]`` for a Verdict, ``["r", reward]`` for a bare float."""
+    if isinstance(result, Verdict):
+        extracted = None if result.extracted is None else _clip(str(result.extracted))
+        return ["v", str(result.status), float(result.fraction), bool(result.format_ok),
+                extracted, _clip(str(result.detail))]
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        return ["r", float(result)]
+    raise TypeError(f"verifier returned {type(result).__name__}, expected Verdict or float")
+
+
+def failure_outcome(status: str, detail: str) -> list:
+    return ["f", status, _clip(detail)]
+
+
+def info_from_outcome(outcome: Any, options: Mapping[str, Any], *, isolated: bool) -> dict:
+    """The parent turns a worker's outcome into the sample's info, checking it on the way: a
+    malformed outcome is a ``crash``, and an isolated worker (whose verifier parses untrusted
+    text) may only report verdicts, so the reward always comes from the parent's options."""
+    try:
+        kind = outcome[0]
+        if kind == "v":
+            status, fraction, format_ok, extracted, detail = outcome[1:6]
+            if extracted is not None and not isinstance(extracted, str):
+                raise TypeError("extracted")
+            return compose(Verdict(str(status), float(fraction), bool(format_ok), extracted,
+                                   str(detail)), options)
+        if kind == "f" and outcome[1] in (TIMEOUT, CRASH):
+            return failure_info(outcome[1], str(outcome[2]), options)
+        if kind == "r" and not isolated:
+            return compose(float(outcome[1]), options)
+        raise ValueError(f"outcome kind {kind!r}")
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        return failure_info(CRASH, f"malformed worker reply: {e}", options)
+
+
 @dataclasses.dataclass
 class ScoreResult:
     """Result of scoring a batch.

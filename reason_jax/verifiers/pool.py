@@ -6,12 +6,18 @@ parent owns every deadline: a sample running longer than ``timeout_s + kill_grac
 status ``timeout`` and reward 0, its worker is killed (with anything it started) and
 replaced, and the other samples of its chunk are re-queued. A verifier that raises, or a
 worker that dies, gives status ``crash`` for that one sample.
+
+Verifiers registered as isolated (``math``) get workers of their own, started lazily, that
+isolate themselves at start-up (:mod:`.isolation`). The parent trusts nothing such a worker
+says: replies are JSON and checked, rewards are composed here, and the sandbox pgid it could
+write into the progress mmap is ignored (its uid is what gets killed).
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import json
 import logging
 import math
 import mmap
@@ -27,30 +33,37 @@ from typing import Any, Sequence
 
 from . import sandbox
 from ._worker import PROGRESS_BYTES
-from .base import CRASH, TIMEOUT, ScoreResult, compose, failure_info
-from .registry import load, resolve_path
+from .base import CRASH, TIMEOUT, ScoreResult, compose, failure_info, info_from_outcome
+from .registry import is_isolated, load, resolve_path
 
 log = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = 16 << 20  # a reply is at most a chunk of clipped infos
 
 _BOOT = (
     "import sys\n"
     "from multiprocessing.connection import Connection as C\n"
     "r = C(int(sys.argv[1]), writable=False); w = C(int(sys.argv[2]), readable=False)\n"
-    "sys.path[:] = r.recv()\n"
+    "sys.path[:], isolate = r.recv()\n"
     "from reason_jax.verifiers._worker import main\n"
-    "main(r, w, int(sys.argv[3]), int(sys.argv[4]))\n"
+    "main(r, w, int(sys.argv[3]), int(sys.argv[4]), isolate)\n"
 )
 
 
 class _Task:
-    __slots__ = ("tid", "pending", "started", "last_event")
+    __slots__ = ("tid", "pending", "started", "last_event", "hard_deadline")
 
-    def __init__(self, tid, idxs, now):
+    def __init__(self, tid, idxs, now, limit):
         self.tid, self.pending, self.started, self.last_event = tid, set(idxs), now, now
+        # However the worker reports its progress, the chunk ends by then.
+        self.hard_deadline = now + len(idxs) * limit
 
 
 class _Worker:
-    def __init__(self):
+    """One worker process. ``isolate``: None (plain) or the isolated verifier path it serves."""
+
+    def __init__(self, isolate: str | None = None, memory_mb: int = 2048):
+        self.isolate = isolate
         p2c_r, p2c_w = os.pipe()
         c2p_r, c2p_w = os.pipe()
         self._progress_file = tempfile.TemporaryFile()
@@ -68,8 +81,11 @@ class _Worker:
         os.close(c2p_w)
         self.tx = Connection(p2c_w, readable=False)
         self.rx = Connection(c2p_r, writable=False)
-        self.tx.send(list(sys.path))
+        self.tx.send((list(sys.path), None if isolate is None else
+                      {"path": isolate, "memory_mb": int(memory_mb)}))
         self.ready = False
+        self.caps = None
+        self.boot_error: str | None = None
         self.alive = True
         self.task: _Task | None = None
         self.spawned = time.monotonic()
@@ -84,11 +100,21 @@ class _Worker:
                 return tok1 - 1, start
         return -1, 0.0
 
+    def receive(self):
+        """The next message ``[kind, a, b]``, or None when the worker died or sent garbage."""
+        try:
+            msg = json.loads(self.rx.recv_bytes(MAX_REPLY_BYTES))
+        except (EOFError, OSError, ValueError, RecursionError):
+            return None
+        if isinstance(msg, list) and len(msg) == 3 and isinstance(msg[0], str):
+            return msg
+        return None
+
     def kill(self) -> None:
         if not self.alive:
             return
         self.alive = False
-        sandbox_pgid = struct.unpack_from("q", self.mm, 16)[0]
+        sandbox_pgid = 0 if self.isolate else struct.unpack_from("q", self.mm, 16)[0]
         pid = self.proc.pid
         try:
             self.proc.kill()
@@ -108,6 +134,8 @@ class _Worker:
             self.tx.send(None)
             self.proc.wait(timeout=timeout)
             self.alive = False
+            if self.isolate:  # whatever an isolated worker started ends with it
+                sandbox.cleanup_after_worker(self.proc.pid, 0)
             self._close_fds()
         except (OSError, subprocess.TimeoutExpired, ValueError):
             self.kill()
@@ -134,18 +162,23 @@ class VerifierPool:
       kill_grace_s: the parent kills a sample after ``timeout_s + kill_grace_s`` (the code
         sandbox enforces ``timeout_s`` itself; the grace only backs it up).
       chunk_size: samples per worker task (default: about N / (4 * num_workers), at most 64).
+      worker_memory_mb: address-space limit of each isolated worker.
 
+    An isolated verifier gets ``num_workers`` workers of its own, started on its first use.
     Use as a context manager or call :meth:`close`. Not thread-safe: one ``score`` at a time.
     """
 
     def __init__(self, num_workers: int | None = None, *, kill_grace_s: float = 0.5,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, worker_memory_mb: int = 2048):
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
         self.num_workers = int(num_workers)
         self.kill_grace_s = float(kill_grace_s)
         self.chunk_size = chunk_size
-        self._workers = [_Worker() for _ in range(self.num_workers)]
+        self.worker_memory_mb = int(worker_memory_mb)
+        # Worker groups: None -> plain workers (started now), path -> that isolated verifier's.
+        self._groups: dict[str | None, list[_Worker]] = {
+            None: [_Worker() for _ in range(self.num_workers)]}
         self._tid = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -167,6 +200,9 @@ class VerifierPool:
         if len(completions) != len(records):
             raise ValueError(f"{len(completions)} completions but {len(records)} records")
         path = resolve_path(name)
+        if self.num_workers == 0 and is_isolated(path):
+            raise ValueError(f"verifier {name!r} runs only in isolated workers; "
+                             "VerifierPool(num_workers=0) scores in-process")
         t0 = time.monotonic()
         if len(completions) == 0:
             return ScoreResult.from_infos([], 0.0)
@@ -182,9 +218,10 @@ class VerifierPool:
         if self._closed:
             return
         self._closed = True
-        for w in self._workers:
-            w.stop()
-        self._workers = []
+        for group in self._groups.values():
+            for w in group:
+                w.stop()
+        self._groups = {}
 
     def __enter__(self):
         return self
@@ -200,7 +237,28 @@ class VerifierPool:
 
     @property
     def worker_pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers if w.alive]
+        """Pids of the live workers, plain and isolated."""
+        return [w.proc.pid for group in self._groups.values() for w in group if w.alive]
+
+    def isolation(self, name: str) -> dict | None:
+        """What the isolated workers of verifier ``name`` reported at start-up (which layers
+        are on; see :func:`reason_jax.verifiers.isolation.isolate_worker`), starting them and
+        waiting for the first if needed. None for a verifier that is not isolated."""
+        path = resolve_path(name)
+        if not is_isolated(path):
+            return None
+        workers = self._group(path)
+        while not any(w.ready for w in workers):
+            ready = mp_wait([w.rx for w in workers if w.alive], timeout=60.0)
+            if not ready:
+                raise RuntimeError("isolated verifier workers did not start within 60 s")
+            for w in [w for w in workers if w.rx in ready]:
+                msg = w.receive()
+                if not self._boot_message(w, msg):
+                    detail = w.boot_error or "exited before it was ready"
+                    self._replace(w)
+                    raise RuntimeError(f"verifier worker failed to start: {detail}")
+        return next(w.caps for w in workers if w.ready)
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -210,27 +268,55 @@ class VerifierPool:
         for c, r in zip(completions, records):
             try:
                 infos.append(compose(fn(c, r, timeout_s=timeout_s, **options), options))
+            except TimeoutError as e:
+                infos.append(failure_info(TIMEOUT, str(e), options))
             except Exception as e:  # noqa: BLE001
                 infos.append(failure_info(CRASH, f"{type(e).__name__}: {e}", options))
         return infos
 
+    def _group(self, path: str) -> list[_Worker]:
+        key = path if is_isolated(path) else None
+        if key not in self._groups:
+            self._groups[key] = [_Worker(key, self.worker_memory_mb)
+                                 for _ in range(self.num_workers)]
+        return self._groups[key]
+
     def _replace(self, w: _Worker) -> None:
         w.kill()
-        self._workers[self._workers.index(w)] = _Worker()
+        group = self._groups[w.isolate]
+        group[group.index(w)] = _Worker(w.isolate, self.worker_memory_mb)
         self.restarts += 1
+
+    _warned_caps = False
+
+    def _boot_message(self, w: _Worker, msg) -> bool:
+        """Handles ``ready`` / ``boot_error``; True if ``msg`` was ``ready``."""
+        if msg and msg[0] == "ready" and not w.ready:
+            w.ready, w.caps = True, msg[2] if isinstance(msg[2], dict) else None
+            missing = [k for k in ("netns", "mountns", "uid") if w.caps and not w.caps.get(k)]
+            if missing and not VerifierPool._warned_caps:
+                VerifierPool._warned_caps = True
+                log.warning("isolated verifier workers run WITHOUT: %s (see docs/verifiers.md)",
+                            ", ".join(missing))
+            return True
+        if msg and msg[0] == "boot_error":
+            w.boot_error = str(msg[2])[:1000]
+        return False
 
     def _score_pool(self, path, completions, records, timeout_s, batch_timeout_s, options):
         n = len(completions)
         infos: list = [None] * n
         remaining = n
         attempts = [0] * n
-        nw = len(self._workers)
+        workers = self._group(path)  # _replace swaps entries of this very list
+        nw = len(workers)
         chunk = self.chunk_size or max(1, min(64, math.ceil(n / (4 * nw))))
         queue = collections.deque(list(range(i, min(i + chunk, n))) for i in range(0, n, chunk))
         limit = timeout_s + self.kill_grace_s
         t0 = time.monotonic()
         batch_deadline = t0 + batch_timeout_s if batch_timeout_s else math.inf
         boot_failures = 0
+        boot_error = "see stderr"
 
         def finish(i, info):
             nonlocal remaining
@@ -259,7 +345,7 @@ class VerifierPool:
         while remaining:
             now = time.monotonic()
             # Dispatch to idle workers.
-            for w in list(self._workers):
+            for w in list(workers):
                 if not queue:
                     break
                 if w.alive and w.ready and w.task is None:
@@ -270,27 +356,29 @@ class VerifierPool:
                     try:
                         w.tx.send((self._tid, path, [(i, completions[i], records[i]) for i in idxs],
                                    options, timeout_s))
-                        w.task = _Task(self._tid, idxs, time.monotonic())
+                        w.task = _Task(self._tid, idxs, time.monotonic(), limit)
                     except (OSError, ValueError):
                         queue.appendleft(idxs)
                         self._replace(w)
             # Wait for messages, at most until the nearest deadline.
             now = time.monotonic()
             nearest = min(batch_deadline, now + 1.0)
-            for w in self._workers:
+            for w in workers:
                 if w.task is not None:
-                    nearest = min(nearest, self._sample_start(w) + limit)
-            conns = {w.rx: w for w in self._workers if w.alive}
+                    nearest = min(nearest, self._deadline(w, limit))
+            conns = {w.rx: w for w in workers if w.alive}
             for conn in mp_wait(list(conns), timeout=max(0.0, nearest - now)):
                 w = conns[conn]
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    msg = None
+                msg = w.receive()
                 now = time.monotonic()
-                if msg is None:  # the worker died
+                if not msg or msg[0] not in ("partial", "done"):
+                    if self._boot_message(w, msg):
+                        boot_failures = 0
+                        continue
+                    # The worker died, failed to start, or sent garbage: it is replaced.
                     if not w.ready:
                         boot_failures += 1
+                        boot_error = w.boot_error or boot_error
                     if w.task is not None:
                         running, _ = w.progress()
                         if running in w.task.pending:
@@ -298,30 +386,28 @@ class VerifierPool:
                         requeue(w)
                     self._replace(w)
                     continue
-                kind = msg[0]
-                if kind == "ready":
-                    w.ready = True
-                    boot_failures = 0
-                    continue
-                _, tid, results = msg
+                kind, tid, results = msg[0], msg[1], msg[2]
                 if w.task is None or w.task.tid != tid:
                     continue
-                for i, info in results:
-                    finish(i, info)
-                    w.task.pending.discard(i)
+                for item in results if isinstance(results, list) else ():
+                    i, outcome = item if isinstance(item, list) and len(item) == 2 else (None, 0)
+                    # A worker only decides the samples it was given.
+                    if isinstance(i, int) and i in w.task.pending:
+                        finish(i, info_from_outcome(outcome, options, isolated=bool(w.isolate)))
+                        w.task.pending.discard(i)
                 w.task.last_event = now
                 if kind == "done":
                     if w.task.pending:
                         requeue(w)
                     w.task = None
             if boot_failures >= 3:
-                raise RuntimeError("verifier workers fail to start (see stderr)")
+                raise RuntimeError(f"verifier workers fail to start: {boot_error}")
             # Enforce per-sample deadlines.
             now = time.monotonic()
-            for w in list(self._workers):
+            for w in list(workers):
                 if w.task is None or not w.alive:
                     continue
-                if now >= self._sample_start(w) + limit:
+                if now >= self._deadline(w, limit):
                     running, _ = w.progress()
                     if running in w.task.pending:
                         finish(running, failure_info(
@@ -334,25 +420,29 @@ class VerifierPool:
             if now >= batch_deadline:
                 for i in range(n):
                     finish(i, failure_info(TIMEOUT, "batch_timeout_s exceeded", options))
-                for w in list(self._workers):
+                for w in list(workers):
                     if w.task is not None:
                         w.task = None
                         self._replace(w)
                 queue.clear()
         # Workers still running a stale task (all samples already decided) are replaced.
-        for w in list(self._workers):
+        for w in list(workers):
             if w.task is not None:
                 w.task = None
                 self._replace(w)
         return infos
 
     @staticmethod
-    def _sample_start(w: _Worker) -> float:
+    def _deadline(w: _Worker, limit: float) -> float:
+        """When the running sample of ``w`` must be finished. The start time a worker writes
+        is trusted only up to now, and never past the chunk's own hard deadline."""
         running, start = w.progress()
         task = w.task
         if running in task.pending:
-            return max(start, task.started)
-        return max(task.last_event, task.started)
+            begun = max(min(start, time.monotonic()), task.started)
+        else:
+            begun = max(task.last_event, task.started)
+        return min(begun + limit, task.hard_deadline)
 
 
 _DEFAULT: VerifierPool | None = None

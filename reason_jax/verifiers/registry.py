@@ -4,6 +4,11 @@ Workers are fresh interpreters (never forked), so a verifier must be importable 
 Built-ins are registered by path; ``register(name, fn)`` stores ``fn.__module__:__qualname__``
 (so module-level functions of any importable module, including a test module, work), and any
 ``"module:function"`` string can be passed directly as the verifier name.
+
+A verifier registered with ``isolated=True`` (``math``: sympy's parser evaluates text) runs only
+in isolated workers (:func:`reason_jax.verifiers.isolation.isolate_worker`), never in the
+calling process: the pool gives it workers of its own, and calling it through :func:`get`
+scores the sample on the default pool.
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ _REGISTRY: dict[str, str] = {
     "countdown": "reason_jax.verifiers.countdown:verify",
     "code": "reason_jax.verifiers.code_verifier:verify",
 }
+# Paths that only ever run in isolated workers.
+_ISOLATED: set[str] = {"reason_jax.verifiers.math_verifier:verify"}
 _LOADED: dict[str, Callable] = {}
 
 
-def register(name: str, target: "str | Callable") -> str:
+def register(name: str, target: "str | Callable", *, isolated: bool = False) -> str:
     """Registers a verifier under ``name``; ``target`` is a callable or ``"module:function"``.
 
     Returns the import path. The callable must be a module-level function of an importable
     module (not ``__main__``, not a lambda or closure): workers import it by path.
+    ``isolated=True``: it runs only in isolated workers (its module is imported there, as the
+    calling user, before the worker isolates itself; a ``prepare`` attribute of the function,
+    if any, is called then too).
     """
     if callable(target):
         mod, qual = target.__module__, target.__qualname__
@@ -38,7 +48,13 @@ def register(name: str, target: "str | Callable") -> str:
         if ":" not in path:
             raise ValueError("expected 'module:function'")
     _REGISTRY[name] = path
+    if isolated:
+        _ISOLATED.add(path)
     return path
+
+
+def is_isolated(path: str) -> bool:
+    return path in _ISOLATED
 
 
 def names() -> list[str]:
@@ -66,7 +82,8 @@ def load(path: str) -> Callable:
 
 class Verifier:
     """A registered verifier. ``verifier(completion, record, **options)`` scores one sample
-    in-process (no timeout enforcement) and returns the info dict (with ``reward``)."""
+    in-process (no timeout enforcement; an isolated verifier: on the default pool) and returns
+    the info dict (with ``reward``)."""
 
     def __init__(self, name: str):
         self.name = name
@@ -81,6 +98,11 @@ class Verifier:
         return self.fn(completion, record, **options)
 
     def __call__(self, completion: str, record: Mapping[str, Any], **options) -> dict:
+        if is_isolated(self.path):
+            from .pool import default_pool
+            timeout_s = options.pop("timeout_s", 10.0)
+            return default_pool().score(self.name, [completion], [record], timeout_s=timeout_s,
+                                        **options).infos[0]
         return compose(self.verify(completion, record, **options), options)
 
     def __repr__(self):

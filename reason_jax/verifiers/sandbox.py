@@ -1,7 +1,8 @@
 """Run an untrusted Python program in a resource-limited, isolated subprocess.
 
-Layers (each is probed once per process; what could not be enabled is logged as a warning and
-reported by :func:`capabilities`):
+Layers (the kernel ones live in :mod:`.isolation`, shared with isolated verifier workers; each
+is probed once per process; what could not be enabled is logged as a warning and reported by
+:func:`capabilities`):
 
 * a fresh temporary directory as cwd (removed afterwards), a scrubbed environment and an
   isolated interpreter (``python -I``), stdin fed from memory, stdout/stderr read with a cap;
@@ -27,8 +28,6 @@ docs/verifiers.md.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import glob
 import logging
@@ -44,29 +43,16 @@ import sys
 import tempfile
 import time
 
+from . import isolation
+from .isolation import SANDBOX_UID_BASE, sandbox_uid  # noqa: F401 - part of this module's API
+
 log = logging.getLogger(__name__)
 
-SANDBOX_UID_BASE = 0x6A000000  # 1778384896: far above any real uid; + worker pid (< 2**22)
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-CLONE_NEWUSER = 0x10000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG = 1
-PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
-_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 _PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
 
-_libc = None
 _progress_mm = None
 _config = None
-
-
-def _get_libc():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return _libc
 
 
 def set_progress_mmap(mm) -> None:
@@ -79,10 +65,6 @@ def set_progress_mmap(mm) -> None:
 def _publish_pgid(pgid: int) -> None:
     if _progress_mm is not None:
         struct.pack_into("q", _progress_mm, 16, pgid)
-
-
-def sandbox_uid(worker_pid: int | None = None) -> int:
-    return SANDBOX_UID_BASE + (os.getpid() if worker_pid is None else worker_pid)
 
 
 def _procs_of_uid(uid: int):
@@ -138,7 +120,7 @@ def _become_subreaper() -> None:
     if not _subreaper:
         _subreaper = True
         try:
-            _get_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            isolation.libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         except Exception:  # noqa: BLE001
             pass
 
@@ -175,44 +157,18 @@ class _Config:
 
 
 def _make_preexec(cfg: _Config, uid: int, limits: dict, workdir: str):
-    libc = _get_libc()
+    isolation.libc()  # loaded here, not in the forked child
 
     def preexec():
-        for res, val in limits.items():
-            resource.setrlimit(res, val)
-        flags = (CLONE_NEWNET if cfg.netns else 0) | (CLONE_NEWNS if cfg.mountns else 0)
-        flags |= CLONE_NEWUSER if cfg.userns else 0
-        outer_uid, outer_gid = os.getuid(), os.getgid()
-        if flags and libc.unshare(flags) != 0:
-            raise OSError(ctypes.get_errno(), "unshare failed")
-        if cfg.userns:  # map our own uid/gid, so files can be created in the new namespaces
-            for name, text in (("setgroups", "deny"), ("uid_map", f"{outer_uid} {outer_uid} 1"),
-                               ("gid_map", f"{outer_gid} {outer_gid} 1")):
-                fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
-                try:
-                    os.write(fd, text.encode())
-                finally:
-                    os.close(fd)
+        isolation.set_rlimits(limits)
+        isolation.unshare(cfg.netns, cfg.mountns, cfg.userns)
         if cfg.mountns:
-            if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-                raise OSError(ctypes.get_errno(), "make-rprivate failed")
-            for d in _TMP_DIRS:
-                if os.path.isdir(d):
-                    if libc.mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
-                                  b"size=16m,mode=1777") != 0:
-                        raise OSError(ctypes.get_errno(), "tmpfs mount failed")
-            # The work dir (our cwd, now hidden under the fresh tmpfs) is bind-mounted back at
-            # its own path, so it is the only real directory the program can write to.
-            os.makedirs(workdir, exist_ok=True)
-            if libc.mount(b"/proc/self/cwd", workdir.encode(), None, MS_BIND, None) != 0:
-                raise OSError(ctypes.get_errno(), "bind mount failed")
-            os.chdir(workdir)
+            # The work dir (our cwd) is the only real directory the program can write to.
+            isolation.private_tmp(workdir)
         if cfg.drop_uid:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no privilege gain via setuid binaries
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            isolation.drop_to(uid)
+        isolation.no_new_privs()
+        isolation.die_with_parent()
 
     return preexec
 
