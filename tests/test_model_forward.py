@@ -1,5 +1,7 @@
-"""The policy model's forward paths agree with each other: prefill + KV-cache decode (token by
-token, in chunks, with groups of G rows per prompt) equals the full forward pass; the forward
+"""The policy model's forward paths agree with each other: prefill + KV-cache decode (one
+token per decode slot; lock-step groups of G rows per prompt, slots gathering their prompt's
+prefix, slots that start samples at different steps around the ring) equals the full forward
+pass; the forward
 pass with parameters sharded over a (data, fsdp, tensor) = (2, 2, 2) mesh equals the
 single-device one; remat changes neither logits nor gradients.
 
@@ -92,57 +94,88 @@ def _full_forward(model, prompt_tokens, prompt_valid, new_tokens):
     return np.asarray(model(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(valid))), pos
 
 
-def _decode(model, cache, new_tokens, new_pos, chunks):
-    """Decode `new_tokens` in the given chunk sizes; returns logits [N, NEW, V] and the cache."""
-    out, t = [], 0
-    for c in chunks:
-        logits, cache = model.decode(jnp.asarray(new_tokens[:, t:t + c]),
-                                     jnp.asarray(new_pos[:, t:t + c]), cache)
-        assert logits.shape == (new_tokens.shape[0], c, VOCAB)
-        out.append(np.asarray(logits))
-        t += c
-    assert t == new_tokens.shape[1]
-    return np.concatenate(out, axis=1), cache
-
-
 def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-@pytest.mark.parametrize("group_size, chunks", [
-    (1, (1,) * NEW), (3, (1,) * NEW), (1, (3, 3)), (3, (1, 3, 2)),
-], ids=["G1-1x6", "G3-1x6", "G1-3x2", "G3-1,3,2"])
-def test_cached_decode_matches_full_forward(jitted, group_size, chunks):
-    model = jitted
+def _prefilled(model, G):
+    """Prompts, random continuations of N = B*G rows, and the full forward's logits."""
     rng = np.random.default_rng(1)
     tokens_BS, valid_BS = _prompts(rng)
     pos_BS = _positions(valid_BS)
-    B, G = len(PROMPT_LENS), group_size
-    N = B * G
+    N = len(PROMPT_LENS) * G
     # Every row of a group continues with different tokens.
     new_NT = rng.integers(0, VOCAB, size=(N, NEW)).astype(np.int32)
     # Reference: full forward of [prompt b + row n's tokens] for row n = b*G + g.
     full, pos_full = _full_forward(model, np.repeat(tokens_BS, G, 0), np.repeat(valid_BS, G, 0),
                                    new_NT)
     assert np.all(np.isfinite(full))
-
     last_BV, (k, v) = model.prefill(jnp.asarray(tokens_BS), jnp.asarray(pos_BS),
                                     jnp.asarray(valid_BS))
-    assert k.shape == v.shape == (CFG.num_layers, B, S, CFG.num_kv_heads, CFG.head_dim)
+    assert k.shape == v.shape == (CFG.num_layers, len(PROMPT_LENS), S, CFG.num_kv_heads,
+                                  CFG.head_dim)
     d_prefill = _max_diff(last_BV, full[::G, S - 1])
     assert d_prefill <= TOL, d_prefill
+    return k, v, jnp.asarray(valid_BS), new_NT, full, pos_full
 
-    # More slots than we fill: unwritten slots must stay masked.
-    cache = KVCache.from_prefix(k, v, jnp.asarray(valid_BS), group_size=G,
-                                max_new_tokens=NEW + 2)
-    got, cache = _decode(model, cache, new_NT, pos_full[:, S:], chunks)
-    assert int(cache.index) == NEW
+
+@pytest.mark.parametrize("group_size, static_groups", [(1, True), (3, True), (3, False)],
+                         ids=["G1-lockstep", "G3-lockstep", "G3-gathered-prefix"])
+def test_cached_decode_matches_full_forward(jitted, group_size, static_groups):
+    """All rows start together (one slot per row), token by token, with more ring columns than
+    tokens (unwritten columns must stay masked)."""
+    model, G = jitted, group_size
+    k, v, valid_BS, new_NT, full, pos_full = _prefilled(model, G)
+    N = new_NT.shape[0]
+    cache = KVCache.create(k, v, valid_BS, num_slots=N, max_new_tokens=NEW + 2,
+                           group_size=G if static_groups else 0)
+    cache = cache.assign(jnp.ones(N, bool), jnp.arange(N) // G)
+    got = []
+    for t in range(NEW):
+        logits, cache = model.decode(jnp.asarray(new_NT[:, t]), jnp.asarray(pos_full[:, S + t]),
+                                     cache)
+        assert logits.shape == (N, VOCAB)
+        got.append(np.asarray(logits))
+    got = np.stack(got, 1)
+    assert int(cache.step) == NEW and (np.asarray(cache.slot_fed_R) == NEW).all()
     d = _max_diff(got, full[:, S:])
-    print(f"\n[cache] G={G} chunks={chunks}: prefill {d_prefill:.2e}, decode {d:.2e}")
+    print(f"\n[cache] G={G} static={static_groups}: decode {d:.2e}")
     assert d <= TOL, d
     # The rows of a group really differ (so G>1 tests per-row caches, not a broadcast).
     if G > 1:
         assert _max_diff(got[0], got[1]) > 1e-2
+
+
+def test_slots_start_rows_at_any_step(jitted):
+    """Two slots, a ring of exactly NEW columns, rows started at different steps so the ring
+    wraps around, idle steps that feed junk, and prompts gathered per slot: every fed token's
+    logits equal the full forward of its row."""
+    model, G = jitted, 3
+    k, v, valid_BS, new_NT, full, pos_full = _prefilled(model, G)
+    assert new_NT.shape[0] == 6
+    # Per slot, its rows in order (None: one idle step), unrolled to one (row, t) per step.
+    plans = [[0, 4, None, 2], [None, None, 1, 5, 3]]
+    steps = [[step for r in plan
+              for step in ([(None, None)] if r is None else [(r, t) for t in range(NEW)])]
+             for plan in plans]
+    n_steps = max(len(s) for s in steps)
+    assert n_steps > 2 * NEW  # the ring wraps around
+    cache = KVCache.create(k, v, valid_BS, num_slots=2, max_new_tokens=NEW)
+    checked = 0
+    for step in range(n_steps):
+        items = [s[step] if step < len(s) else (None, None) for s in steps]
+        start = np.array([t == 0 for _, t in items])
+        prompt = np.array([r // G if t is not None else 0 for r, t in items])
+        cache = cache.assign(jnp.asarray(start), jnp.asarray(prompt, jnp.int32))
+        tok = np.array([new_NT[r, t] if t is not None else 11 for r, t in items], np.int32)
+        pos = np.array([pos_full[r, S + t] if t is not None else 3 for r, t in items], np.int32)
+        logits, cache = model.decode(jnp.asarray(tok), jnp.asarray(pos), cache)
+        for slot, (r, t) in enumerate(items):
+            if t is not None:
+                d = _max_diff(logits[slot], full[r, S + t])
+                assert d <= TOL, (step, slot, r, t, d)
+                checked += 1
+    assert checked == NEW * 6
 
 
 def test_left_padding_is_invisible(jitted):

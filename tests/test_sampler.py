@@ -4,8 +4,8 @@ Checked against references that share none of its machinery:
   * greedy decoding == step-by-step greedy with full forward passes and no KV cache (prompts of
     different lengths, right- and left-padded layouts, G > 1), and == transformers' greedy
     `generate` on tiny random Llama / Qwen2 checkpoints imported with `from_hf`;
-  * returned log-probs == log-softmax of a full forward pass (the temperature-1, unfiltered
-    policy), also when sampling with temperature / top-k / top-p;
+  * returned log-probs == log-softmax of a full forward pass's logits / tau (tau = the sampling
+    temperature, 1 for greedy), untruncated, also when sampling with top-k / top-p;
   * seeded sampling is reproducible, differs across seeds and across the rows of a group;
     top_k=1 and a tiny top_p are greedy;
   * EOS: mask/length/truncation/padding after the stop, several EOS ids;
@@ -32,7 +32,7 @@ from reason_jax.sampling import generate
 from reason_jax.sampling import sampler as sampler_mod
 from reason_jax.sharding import make_mesh
 from reason_jax.sharding.host_arrays import to_global
-from reason_jax.train.policy import Policy
+from reason_jax.run.policy import Policy
 
 VOCAB = 24
 PAD = VOCAB - 1  # not 0, so a hard-coded pad id would show
@@ -68,8 +68,8 @@ def forward(params):
     graphdef, _ = params
 
     @jax.jit
-    def fwd(state, tokens_NL, positions_NL, valid_NL):
-        return nnx.merge(graphdef, state)(tokens_NL, positions_NL, valid_NL)
+    def fwd(state, tokens_NX, positions_NX, valid_NX):
+        return nnx.merge(graphdef, state)(tokens_NX, positions_NX, valid_NX)
 
     return fwd
 
@@ -93,20 +93,21 @@ def greedy(params, prompts):
 
 
 def _train_layout(out):
-    """SampleOutput -> (tokens_NL, positions_NL, valid_NL): left-padded prompt then the
+    """SampleOutput -> (tokens_NX, positions_NX, valid_NX): left-padded prompt then the
     completion, the layout the train step scores."""
-    valid_NL = np.concatenate([out.prompt_valid, out.mask], 1)
-    tokens_NL = np.concatenate([out.prompt_tokens, out.tokens], 1).astype(np.int32)
-    positions_NL = np.maximum(np.cumsum(valid_NL, 1) - 1, 0).astype(np.int32)
-    return tokens_NL, positions_NL, valid_NL
+    valid_NX = np.concatenate([out.prompt_valid, out.mask], 1)
+    tokens_NX = np.concatenate([out.prompt_tokens, out.tokens], 1).astype(np.int32)
+    positions_NX = np.maximum(np.cumsum(valid_NX, 1) - 1, 0).astype(np.int32)
+    return tokens_NX, positions_NX, valid_NX
 
 
-def _full_logp(forward, params, out):
-    """log-softmax of a full forward pass (no cache) at every completion slot: [N, T, V]."""
-    tokens_NL, positions_NL, valid_NL = _train_layout(out)
+def _full_logp(forward, params, out, tau=1.0):
+    """log-softmax(logits / tau) of a full forward pass (no cache) at every completion slot:
+    [N, T, V]."""
+    tokens_NX, positions_NX, valid_NX = _train_layout(out)
     S = out.prompt_tokens.shape[1]
-    logits = forward(params[1], tokens_NL, positions_NL, valid_NL)
-    return np.asarray(jax.nn.log_softmax(logits[:, S - 1:S - 1 + T], -1))
+    logits = forward(params[1], tokens_NX, positions_NX, valid_NX)
+    return np.asarray(jax.nn.log_softmax(logits[:, S - 1:S - 1 + T] / tau, -1))
 
 
 def _greedy_reference_right(forward, params, prompts, lengths, steps):
@@ -261,24 +262,28 @@ def test_seeded_sampling_reproducible_and_diverse(params, prompts, sampled):
         assert len(rows) > 1, f"group {b} sampled {rows}"
 
 
-def test_sampled_logprobs_are_policy_logprobs(forward, params, sampled):
-    full = _full_logp(forward, params, sampled)
+def test_sampled_logprobs_are_tempered_policy_logprobs(forward, params, sampled):
+    """Sampled at temperature 1.5: log-probs of softmax(logits / 1.5)."""
+    full = _full_logp(forward, params, sampled, tau=1.5)
     want = np.take_along_axis(full, sampled.tokens[..., None], -1)[..., 0]
     np.testing.assert_allclose(sampled.logprobs, want, atol=LOGP_TOL, rtol=0)
 
 
-def test_filtered_sampling_logprobs_unfiltered(forward, params, prompts):
-    """temperature 0.7 + top-k 5 + top-p 0.9: tokens come from the filtered distribution
-    (inside the top 5), log-probs are still those of the temperature-1 unfiltered policy."""
-    out = _gen(params, prompts, temperature=0.7, top_k=5, top_p=0.9, seed=3)
-    full = _full_logp(forward, params, out)
-    want = np.take_along_axis(full, out.tokens[..., None], -1)[..., 0]
-    np.testing.assert_allclose(out.logprobs, want, atol=LOGP_TOL, rtol=0)
-    # Not the temperature-0.7 log-probs (the distribution is far from uniform).
-    tempered = np.asarray(jax.nn.log_softmax(jnp.asarray(full) / 0.7, -1))
+def test_filtered_sampling_logprobs_untruncated(forward, params, prompts):
+    """temperature 0.6 + top-k 5 + top-p 0.9: tokens come from the truncated distribution
+    (inside the top 5, inside the nucleus), log-probs are log_softmax(logits / 0.6) of a full
+    forward pass, not truncated, and not the temperature-1 ones."""
+    out = _gen(params, prompts, temperature=0.6, top_k=5, top_p=0.9, seed=3)
+    tempered = _full_logp(forward, params, out, tau=0.6)
     tempered_tok = np.take_along_axis(tempered, out.tokens[..., None], -1)[..., 0]
-    assert np.abs(tempered_tok - out.logprobs).max() > 1e-2
-    rank = (full > np.take_along_axis(full, out.tokens[..., None], -1)).sum(-1)
+    np.testing.assert_allclose(out.logprobs, tempered_tok, atol=LOGP_TOL, rtol=0)
+    # Not the temperature-1 log-probs (the distribution is far from uniform) ...
+    plain = _full_logp(forward, params, out)
+    plain_tok = np.take_along_axis(plain, out.tokens[..., None], -1)[..., 0]
+    assert np.abs(plain_tok - out.logprobs).max() > 1e-2
+    # ... nor renormalised over the kept tokens: some step had mass outside the top 5.
+    assert (np.exp(tempered_tok) < 1 - 1e-3).any()
+    rank = (tempered > tempered_tok[..., None]).sum(-1)
     assert (rank < 5).all(), rank
     # ... and top-p also truncates: nucleus of the tempered distribution.
     tok_p = np.exp(tempered_tok)
@@ -348,7 +353,7 @@ def test_eos_stops_row(params, prompts, greedy, eos_id):
 def test_eos_with_sampling(forward, params, prompts, sampled, eos_id):
     out = _gen(params, prompts, temperature=1.5, seed=11, eos_ids=[eos_id])
     _check_eos(out, sampled, [eos_id])
-    full = _full_logp(forward, params, out)
+    full = _full_logp(forward, params, out, tau=1.5)
     want = np.take_along_axis(full, out.tokens[..., None], -1)[..., 0]
     np.testing.assert_allclose(out.logprobs, np.where(out.mask, want, 0), atol=LOGP_TOL, rtol=0)
 
@@ -371,7 +376,7 @@ def test_several_eos_ids_all_rows_stop(params, prompts, greedy):
 
 
 def test_no_recompilation_within_bucket(forward, params, greedy):
-    cache = sampler_mod._generate._cache_size
+    cache = sampler_mod._sample._cache_size
     before = cache()
     for i, (width, lengths) in enumerate([(16, [16, 2, 9, 4]), (7, [7, 3, 1, 5]),
                                           (12, [1, 12, 12, 8]), (3, [3, 3, 2, 1])]):

@@ -1,50 +1,134 @@
-"""The decoding KV cache, laid out for group sampling.
+"""The decode KV cache: a prefix table shared by each prompt's samples, and R decode slots.
 
-A group of G completions of one prompt shares that prompt's keys and values, so the cache has
-two parts:
-  * the *prefix*: keys/values of the B prompts, `[L, B, S, K, H]`, written once by prefill and
-    read by all G rows of the group (never copied G times: decode reads it once per group);
-  * the *decode* part: per-row keys/values of generated tokens, `[L, N, T, K, H]`, N = B*G,
-    preallocated for `max_new_tokens` and written in place at `index` (the buffer is donated
-    through the sampler's while_loop, so XLA updates it without copies).
+Continuous batching decodes the N = B*G samples of a rollout in R <= N *slots*; a slot that
+finishes a sample takes the next waiting one. The cache therefore has two parts:
 
-Dimensions: L layers, B prompts, G group size, N = B*G rows, S prompt slots, T decode slots,
-K key/value heads, H head dim.
+  * the **prefix table**: keys/values of the B prompts, written once by prefill. The G
+    samples of a prompt never copy them: a slot reads its prompt's rows by index
+    (`slot_prompt_R`). Memory: 2·L·B·S·K·H elements, whatever R is.
+  * the **slot ring**: per-slot keys/values of generated tokens, T columns (a sample feeds
+    back at most T - 1 tokens). At decode step `step` every slot writes its new K/V into
+    column `step % T`, so the write is one `dynamic_update_slice` for all slots, in place. A
+    slot whose current sample had j tokens in the ring before this step sees the j + 1
+    columns written in its last j + 1 steps (column c has *age* (step - c) mod T; visible iff
+    age <= j). A slot can take a new sample at any step without clearing anything: older
+    columns are simply outside its age window. Memory: 2·L·R·T·K·H elements, R/N of a
+    lock-step cache.
+
+Layouts are the ones the decode attention dots read, batch dimensions (slot, KV head) first,
+so no step transposes a cache: keys `[R, K, H, T]` (scores contract H), values `[R, K, T, H]`
+(the value dot contracts T); the prefix table likewise `[B, K, H, S]` / `[B, K, S, H]`. Each
+layer is its own array (a tuple over layers, not one `[L, ...]` array): on XLA:CPU slicing a
+layer out of a stacked cache copies the whole layer every step.
+
+Sharding: with P data-parallel shards (the mesh's data axes), prompts, samples and slots are
+split into P contiguous blocks; a slot only ever reads prompts of its own block and
+`slot_prompt_R` indexes within that block, so the per-slot prefix gather never crosses
+devices. `group_size > 0` marks the static lock-step layout (R = N, slot r always decodes
+sample r of prompt r // G): attention then reads each prompt's prefix once for its G rows
+instead of gathering it per slot.
+
+Dimensions: L layers, B prompts, G group size, N = B*G samples, R slots, S prompt slots,
+T max new tokens (= ring columns), K key/value heads, H head dim, P shards.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.struct
+import jax
 import jax.numpy as jnp
 
 
 @flax.struct.dataclass
 class KVCache:
-    prefix_k_LBSKH: jnp.ndarray
-    prefix_v_LBSKH: jnp.ndarray
+    prefix_k_BKHS: tuple  # one [B, K, H, S] array per layer
+    prefix_v_BKSH: tuple  # one [B, K, S, H] array per layer
     prefix_valid_BS: jnp.ndarray  # bool: real prompt token (left padding is False)
-    k_LNTKH: jnp.ndarray
-    v_LNTKH: jnp.ndarray
-    index: jnp.ndarray  # int32 scalar: decode slots [0, index) are filled
-    group_size: int = flax.struct.field(pytree_node=False, default=1)
+    k_RKHT: tuple  # one [R, K, H, T] array per layer
+    v_RKTH: tuple  # one [R, K, T, H] array per layer
+    step: jnp.ndarray  # int32 scalar: this decode step writes ring column step % T
+    slot_prompt_R: jnp.ndarray  # int32: the prompt a slot reads, indexed within its shard
+    slot_fed_R: jnp.ndarray  # int32: tokens of the slot's current sample already in the ring
+    shards: int = flax.struct.field(pytree_node=False, default=1)  # P
+    group_size: int = flax.struct.field(pytree_node=False, default=0)  # > 0: static lock-step
 
     @classmethod
-    def from_prefix(cls, k_LBSKH, v_LBSKH, valid_BS, *, group_size: int, max_new_tokens: int,
-                    dtype=None) -> "KVCache":
-        """Empty decode slots for N = B * group_size rows after a prefill of B prompts."""
+    def create(cls, k_LBSKH, v_LBSKH, valid_BS, *, num_slots: int, max_new_tokens: int,
+               shards: int = 1, group_size: int = 0, dtype: Any = None) -> "KVCache":
+        """Prefix table from a prefill's K/V `[L, B, S, K, H]`, and an empty ring of
+        `num_slots` slots. Every slot starts on prompt 0 of its shard with nothing fed."""
         L, B, _, K, H = k_LBSKH.shape
         dtype = dtype or k_LBSKH.dtype
-        shape = (L, B * group_size, max_new_tokens, K, H)
+        if B % shards or num_slots % shards:
+            raise ValueError(f"{B} prompts and {num_slots} slots must split into {shards} "
+                             "shards")
+        if group_size and num_slots != B * group_size:
+            raise ValueError(f"static lock-step needs one slot per sample ({B * group_size}), "
+                             f"got {num_slots}")
+        T = int(max_new_tokens)
         return cls(
-            prefix_k_LBSKH=k_LBSKH,
-            prefix_v_LBSKH=v_LBSKH,
+            prefix_k_BKHS=tuple(k_LBSKH[i].astype(dtype).transpose(0, 2, 3, 1)
+                                for i in range(L)),
+            prefix_v_BKSH=tuple(v_LBSKH[i].astype(dtype).transpose(0, 2, 1, 3)
+                                for i in range(L)),
             prefix_valid_BS=valid_BS.astype(bool),
-            k_LNTKH=jnp.zeros(shape, dtype),
-            v_LNTKH=jnp.zeros(shape, dtype),
-            index=jnp.zeros((), jnp.int32),
+            k_RKHT=tuple(jnp.zeros((num_slots, K, H, T), dtype) for _ in range(L)),
+            v_RKTH=tuple(jnp.zeros((num_slots, K, T, H), dtype) for _ in range(L)),
+            step=jnp.zeros((), jnp.int32),
+            slot_prompt_R=jnp.zeros((num_slots,), jnp.int32),
+            slot_fed_R=jnp.zeros((num_slots,), jnp.int32),
+            shards=shards,
             group_size=group_size,
         )
 
     @property
-    def num_decode_slots(self) -> int:
-        return self.k_LNTKH.shape[2]
+    def num_slots(self) -> int:
+        return self.slot_fed_R.shape[0]
+
+    @property
+    def ring_columns(self) -> int:
+        return self.v_RKTH[0].shape[2]
+
+    @property
+    def column(self) -> jnp.ndarray:
+        """The ring column this step writes."""
+        return self.step % self.ring_columns
+
+    def ring_visible_RT(self) -> jnp.ndarray:
+        """After this step's write: the columns holding the slot's current sample (age <= the
+        tokens it had fed before this step)."""
+        T = self.ring_columns
+        age_T = (self.step - jnp.arange(T)) % T
+        return age_T[None, :] <= self.slot_fed_R[:, None]
+
+    def assign(self, take_R, prompt_R) -> "KVCache":
+        """Slots in `take_R` start a new sample of `prompt_R` (shard-local) with nothing fed."""
+        return self.replace(slot_prompt_R=jnp.where(take_R, prompt_R, self.slot_prompt_R),
+                            slot_fed_R=jnp.where(take_R, 0, self.slot_fed_R))
+
+    def prefix_for_slots(self, layer: int):
+        """This layer's prefix rows of each slot's prompt: keys `[R, K, H, S]`, values
+        `[R, K, S, H]`, validity `[R, S]`. A gather within each shard's block."""
+        return (gather_rows(self.prefix_k_BKHS[layer], self.slot_prompt_R, self.shards),
+                gather_rows(self.prefix_v_BKSH[layer], self.slot_prompt_R, self.shards),
+                gather_rows(self.prefix_valid_BS, self.slot_prompt_R, self.shards))
+
+    def bytes(self) -> dict[str, int]:
+        """Bytes of the prefix table and of the ring (all layers, K and V, global)."""
+        def size(arrays):
+            return sum(int(a.size) * a.dtype.itemsize for a in arrays)
+        return {"prefix_bytes": size(self.prefix_k_BKHS) + size(self.prefix_v_BKSH),
+                "ring_bytes": size(self.k_RKHT) + size(self.v_RKTH)}
+
+
+def gather_rows(table_B, index_R, shards: int):
+    """`table_B[index_R]` where the B rows and the R indices are each split into `shards`
+    contiguous blocks and block p's indices point into block p (local numbering). Written as
+    a gather batched over the shard dimension, so a partitioner keeps it on each device."""
+    B, R = table_B.shape[0], index_R.shape[0]
+    blocks = table_B.reshape(shards, B // shards, *table_B.shape[1:])
+    idx = index_R.reshape(shards, R // shards)
+    out = jax.vmap(lambda t, i: jnp.take(t, i, axis=0, mode="clip"))(blocks, idx)
+    return out.reshape(R, *table_B.shape[1:])

@@ -1,10 +1,11 @@
 """Decoder-only transformer covering Llama 3, Qwen2/Qwen2.5 and Qwen3.
 
-Dimension legend (../shared/DESIGN.md):
-  B batch of prompts · G samples per prompt · N = B*G rows · S prompt (prefix) length ·
-  T tokens in this call · C decode-cache slots · D model width · F MLP hidden ·
-  Q query heads · K key/value heads · R = Q/K query heads per KV head · H head dim ·
-  V vocab · L layers.
+Dimension legend (../shared/DESIGN.md), one meaning per letter:
+  B batch of prompts · G samples per prompt · N = B*G samples · R decode slots (rows in
+  flight) · S prompt (prefix) length · T tokens of a forward call; in decoding, max new
+  tokens (= the decode ring's columns) · D model width · F MLP hidden · Q query heads ·
+  K key/value heads · q = Q/K query heads per KV head (lower case) · H head dim · V vocab ·
+  L layers.
 
 Every parameter carries `logical_axes` metadata (names from `reason_jax.sharding.rules`), so
 sharding is decided by a rules table, never inside the model. The module is an NNX module;
@@ -13,7 +14,8 @@ jitted code takes plain state via `nnx.split` / `nnx.merge`.
 Three ways to call it (one code path for the maths):
   * `model(tokens_BT, positions_BT, valid_BT=...)` -> logits `[B, T, V]` (training, scoring);
   * `model.prefill(...)` -> last-token logits plus per-layer K/V to seed a `KVCache`;
-  * `model.decode(tokens_NT, positions_NT, cache)` -> logits and the cache written in place.
+  * `model.decode(tokens_R, positions_R, cache)` -> one token per decode slot: logits `[R, V]`
+    and the cache with that token's K/V written in place.
 """
 
 from __future__ import annotations
@@ -107,39 +109,67 @@ def full_attention(q_BTQH, k_BSKH, v_BSKH, mask_BTS):
     """Attention where every row has its own keys (training, scoring, prefill)."""
     B, T, Q, H = q_BTQH.shape
     K = k_BSKH.shape[2]
-    q_BTKRH = q_BTQH.reshape(B, T, K, Q // K, H)
-    scores_BKRTS = jnp.einsum("BTKRH,BSKH->BKRTS", q_BTKRH, k_BSKH,
+    q_BTKqH = q_BTQH.reshape(B, T, K, Q // K, H)
+    scores_BKqTS = jnp.einsum("BTKqH,BSKH->BKqTS", q_BTKqH, k_BSKH,
                               preferred_element_type=jnp.float32) * (H ** -0.5)
-    probs_BKRTS = _softmax_attend(scores_BKRTS, mask_BTS[:, None, None, :, :])
-    out_BTKRH = jnp.einsum("BKRTS,BSKH->BTKRH", probs_BKRTS.astype(v_BSKH.dtype), v_BSKH)
-    return out_BTKRH.reshape(B, T, Q, H)
+    probs_BKqTS = _softmax_attend(scores_BKqTS, mask_BTS[:, None, None, :, :])
+    out_BTKqH = jnp.einsum("BKqTS,BSKH->BTKqH", probs_BKqTS.astype(v_BSKH.dtype), v_BSKH)
+    return out_BTKqH.reshape(B, T, Q, H)
 
 
-def group_attention(q_NTQH, prefix_k_BSKH, prefix_v_BSKH, prefix_mask_BS, k_NCKH, v_NCKH,
-                    decode_mask_TC, group_size):
-    """Decode attention: the G rows of a group read their shared prompt K/V once.
+def decode_attention(q_RQH, cache: KVCache, layer: int, k_RKHT, v_RKTH):
+    """One query per decode slot over its prompt's prefix and its sample's ring columns.
 
-    One softmax spans prompt slots S and the row's own decode slots C.
+    One softmax spans the S prefix slots and the T ring columns. The dots read the cache in
+    its stored layout: batch dimensions (slot, KV head) lead, keys are contracted over H
+    (`[R, K, H, T]`) and values over T (`[R, K, T, H]`), so no step transposes a cache.
+    In static lock-step (`cache.group_size` = G) the G slots of a prompt read its prefix once
+    (`[B, K, G*q, H]` queries); otherwise each slot gathers its prompt's prefix rows.
     """
-    N, T, Q, H = q_NTQH.shape
-    B, S, K, _ = prefix_k_BSKH.shape
-    G, R, C = group_size, Q // K, k_NCKH.shape[1]
-    q_BGTKRH = q_NTQH.reshape(B, G, T, K, R, H)
+    R, Q, H = q_RQH.shape
+    K = k_RKHT.shape[1]
     scale = H ** -0.5
-    s_pre = jnp.einsum("BGTKRH,BSKH->BGKRTS", q_BGTKRH, prefix_k_BSKH,
+    dt = v_RKTH.dtype
+    q_RKqH = q_RQH.reshape(R, K, Q // K, H).astype(dt)
+    G = cache.group_size
+    if G:
+        B = R // G
+        pk_BKHS, pv_BKSH = cache.prefix_k_BKHS[layer], cache.prefix_v_BKSH[layer]
+        q_BKgH = q_RKqH.reshape(B, G, K, Q // K, H).transpose(0, 2, 1, 3, 4).reshape(
+            B, K, G * (Q // K), H)
+        s_pre = jnp.einsum("BKgH,BKHS->BKgS", q_BKgH, pk_BKHS,
+                           preferred_element_type=jnp.float32) * scale
+        s_pre = s_pre.reshape(B, K, G, Q // K, -1).transpose(0, 2, 1, 3, 4).reshape(
+            R, K, Q // K, -1)
+        valid_RS = jnp.repeat(cache.prefix_valid_BS, G, axis=0)
+    else:
+        pk_RKHS, pv_RKSH, valid_RS = cache.prefix_for_slots(layer)
+        s_pre = jnp.einsum("RKqH,RKHS->RKqS", q_RKqH, pk_RKHS,
+                           preferred_element_type=jnp.float32) * scale
+    s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT,
                        preferred_element_type=jnp.float32) * scale
-    s_dec = jnp.einsum("BGTKRH,BGCKH->BGKRTC", q_BGTKRH, k_NCKH.reshape(B, G, C, K, H),
-                       preferred_element_type=jnp.float32) * scale
-    mask_pre = jnp.broadcast_to(prefix_mask_BS[:, None, None, None, None, :], s_pre.shape)
-    mask_dec = jnp.broadcast_to(decode_mask_TC[None, None, None, None], s_dec.shape)
-    probs = _softmax_attend(jnp.concatenate([s_pre, s_dec], -1),
-                            jnp.concatenate([mask_pre, mask_dec], -1))
-    p_pre, p_dec = probs[..., :S], probs[..., S:]
-    dt = v_NCKH.dtype
-    out = jnp.einsum("BGKRTS,BSKH->BGTKRH", p_pre.astype(dt), prefix_v_BSKH)
-    out = out + jnp.einsum("BGKRTC,BGCKH->BGTKRH", p_dec.astype(dt),
-                           v_NCKH.reshape(B, G, C, K, H))
-    return out.reshape(N, T, Q, H)
+    visible_RT = cache.ring_visible_RT()
+    s_pre = jnp.where(valid_RS[:, None, None, :], s_pre, _MASK_VALUE)
+    s_dec = jnp.where(visible_RT[:, None, None, :], s_dec, _MASK_VALUE)
+    # The softmax over [prefix, ring] without concatenating them; every slot sees at least
+    # its own new token, so the normaliser is >= 1.
+    m = jnp.maximum(s_pre.max(-1, keepdims=True), s_dec.max(-1, keepdims=True))
+    e_pre, e_dec = jnp.exp(s_pre - m), jnp.exp(s_dec - m)
+    norm_RKq1 = e_pre.sum(-1, keepdims=True) + e_dec.sum(-1, keepdims=True)
+    if G:
+        e_BKgS = e_pre.reshape(B, G, K, Q // K, -1).transpose(0, 2, 1, 3, 4).reshape(
+            B, K, G * (Q // K), -1)
+        o_BKgH = jnp.einsum("BKgS,BKSH->BKgH", e_BKgS.astype(dt), pv_BKSH,
+                            preferred_element_type=jnp.float32)
+        o_pre = o_BKgH.reshape(B, K, G, Q // K, H).transpose(0, 2, 1, 3, 4).reshape(
+            R, K, Q // K, H)
+    else:
+        o_pre = jnp.einsum("RKqS,RKSH->RKqH", e_pre.astype(dt), pv_RKSH,
+                           preferred_element_type=jnp.float32)
+    o_dec = jnp.einsum("RKqT,RKTH->RKqH", e_dec.astype(dt), v_RKTH,
+                       preferred_element_type=jnp.float32)
+    out_RKqH = (o_pre + o_dec) / norm_RKq1
+    return out_RKqH.reshape(R, Q, H).astype(q_RQH.dtype)
 
 
 class MLP(nnx.Module):
@@ -178,26 +208,21 @@ class DecoderLayer(nnx.Module):
         x_BTD = x_BTD + self.attn.output(full_attention(q_BTQH, k_BTKH, v_BTKH, mask_BTS))
         return self._mlp_block(x_BTD), (k_BTKH, v_BTKH)
 
-    def decode(self, x_NTD, positions_NT, layer: int, cache: KVCache):
-        h_NTD = rms_norm(x_NTD, self.attn_norm_D[...], self.cfg.norm_eps)
-        q_NTQH, k_NTKH, v_NTKH = self.attn.project(h_NTD, positions_NT)
-        T, C = x_NTD.shape[1], cache.num_decode_slots
-        start = (layer, 0, cache.index, 0, 0)
-        k_LNCKH = jax.lax.dynamic_update_slice(
-            cache.k_LNTKH, k_NTKH[None].astype(cache.k_LNTKH.dtype), start)
-        v_LNCKH = jax.lax.dynamic_update_slice(
-            cache.v_LNTKH, v_NTKH[None].astype(cache.v_LNTKH.dtype), start)
-        # Query t sits in slot index + t and sees every earlier slot and itself.
-        slots_C = jnp.arange(C)
-        decode_mask_TC = slots_C[None, :] <= (cache.index + jnp.arange(T))[:, None]
-        attn_NTQH = group_attention(
-            q_NTQH, cache.prefix_k_LBSKH[layer].astype(x_NTD.dtype),
-            cache.prefix_v_LBSKH[layer].astype(x_NTD.dtype), cache.prefix_valid_BS,
-            k_LNCKH[layer].astype(x_NTD.dtype), v_LNCKH[layer].astype(x_NTD.dtype),
-            decode_mask_TC, cache.group_size)
-        x_NTD = x_NTD + self.attn.output(attn_NTQH)
-        cache = cache.replace(k_LNTKH=k_LNCKH, v_LNTKH=v_LNCKH)
-        return self._mlp_block(x_NTD), cache
+    def decode(self, x_R1D, positions_R, layer: int, cache: KVCache):
+        """One token per slot: writes its K/V into ring column `cache.column` (in place),
+        attends, and returns the layer output and this layer's updated ring arrays."""
+        h_R1D = rms_norm(x_R1D, self.attn_norm_D[...], self.cfg.norm_eps)
+        q_R1QH, k_R1KH, v_R1KH = self.attn.project(h_R1D, positions_R[:, None])
+        col = cache.column
+        k_RKHT = jax.lax.dynamic_update_slice(
+            cache.k_RKHT[layer], k_R1KH.transpose(0, 2, 3, 1).astype(cache.k_RKHT[layer].dtype),
+            (0, 0, 0, col))
+        v_RKTH = jax.lax.dynamic_update_slice(
+            cache.v_RKTH[layer], v_R1KH.transpose(0, 2, 1, 3).astype(cache.v_RKTH[layer].dtype),
+            (0, 0, col, 0))
+        attn_RQH = decode_attention(q_R1QH[:, 0], cache, layer, k_RKHT, v_RKTH)
+        x_R1D = x_R1D + self.attn.output(attn_RQH[:, None])
+        return self._mlp_block(x_R1D), k_RKHT, v_RKTH
 
 
 def causal_mask(valid_BT: jnp.ndarray) -> jnp.ndarray:
@@ -270,13 +295,18 @@ class Transformer(nnx.Module):
                                                 collect_kv=True)
         return self.logits(h_BSD[:, -1:])[:, 0], (k_LBSKH, v_LBSKH)
 
-    def decode(self, tokens_NT, positions_NT, cache: KVCache):
-        """Append T tokens per row to the cache; returns logits `[N, T, V]` and the cache."""
-        x_NTD = self.embed(tokens_NT)
+    def decode(self, tokens_R, positions_R, cache: KVCache):
+        """Feed one token per decode slot. Returns logits `[R, V]` and the cache with the
+        tokens' K/V in ring column `cache.column`, `step` and `slot_fed_R` advanced."""
+        x_R1D = self.embed(tokens_R[:, None])
+        ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x_NTD, cache = layer.decode(x_NTD, positions_NT, i, cache)
-        cache = cache.replace(index=cache.index + tokens_NT.shape[1])
-        return self.logits(x_NTD), cache
+            x_R1D, k_RKHT, v_RKTH = layer.decode(x_R1D, positions_R, i, cache)
+            ks.append(k_RKHT)
+            vs.append(v_RKTH)
+        cache = cache.replace(k_RKHT=tuple(ks), v_RKTH=tuple(vs), step=cache.step + 1,
+                              slot_fed_R=cache.slot_fed_R + 1)
+        return self.logits(x_R1D)[:, 0], cache
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:

@@ -1,21 +1,39 @@
-"""The fused group sampler: one jitted prefill + `lax.while_loop` decode, on device.
+"""The fused group sampler: prefill once per prompt, then continuous-batching decode in one
+`lax.while_loop`, all in one jitted call with no host round trip per token.
 
-For B prompts and group size G it returns N = B*G completions (rows of one prompt adjacent)
-from a single jitted call with no host round-trip per token:
+For B prompts and group size G it returns the N = B*G samples (rows of one prompt adjacent):
 
-1. Prompts are padded to a length bucket S (so new prompt lengths reuse compiled code) and
-   left-aligned to the end of the bucket, so every row's last prompt token sits in slot S-1.
-2. Prefill runs once per *prompt*; its K/V become the shared prefix of the group's G rows
-   (see `KVCache`): no G-fold prefill and no G-fold copy of prompt K/V.
-3. Decode runs in a `lax.while_loop` until every row has emitted an EOS id or
-   `max_new_tokens` is reached; the cache lives in the loop carry and is updated in place.
+1. Prompts are padded to a length bucket S (new prompt lengths reuse compiled code) and
+   left-aligned to the end of the bucket.
+2. Prefill runs once per *prompt*. Its K/V form the prefix table of the cache (`KVCache`) and
+   its last logits are kept: every sample of the prompt draws its first token from them.
+3. Decode runs R <= N *slots* (`max_rows`, or as many as `kv_cache_gb` allows; default N).
+   Samples wait in a device-side queue in order n = b*G + g. A slot that is free (its sample
+   emitted an EOS id or reached its token limit) takes the next waiting sample at the end of
+   the same step, drawing that sample's first token from its prompt's prefill logits; its next
+   decode feeds that token. The loop ends when every sample is done. With R = N every sample
+   starts at once: lock-step decoding.
+4. A sample's token t is drawn with the key `fold_in(fold_in(key, t), n)`, so its tokens and
+   log-probs do not depend on R, on the slot or the step that produced them, or on the mesh.
 
-Dimensions: B prompts, G group, N = B*G, S prompt bucket, T = max_new_tokens, V vocab.
+No step is wasted on a token whose logits are never read: a sample of length l costs l - 1
+decode steps (its first token comes from the prefill).
+
+With P data-parallel shards (the prompts' sharding over the mesh's data axes) prompts,
+samples, slots and the queue are split into P contiguous blocks: shard p's slots decode only
+shard p's samples, so the decode never moves K/V between devices. R is rounded up to a
+multiple of P.
+
+Dimensions: B prompts, G group, N = B*G samples, R slots, S prompt bucket, T =
+max_new_tokens, V vocab, P shards (Np = N/P samples, Rp = R/P slots, Bp = B/P prompts each).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
+import math
 from typing import Any, Sequence
 
 import flax.struct
@@ -23,26 +41,86 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from reason_jax.data.bucketing import bucket_length
-from reason_jax.models.kv_cache import KVCache
-from reason_jax.sampling.processing import sample_tokens
+from reason_jax.models.kv_cache import KVCache, gather_rows
+from reason_jax.sampling import memory
+from reason_jax.sampling.processing import sample_keys, sample_tokens
+from reason_jax.sharding.rules import ROLLOUT_RULES, partition_spec
 
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
 class SampleOutput:
-    """Device arrays. Log-probs are of the sampled tokens under the *policy* (temperature-1,
-    untruncated distribution), whatever temperature/top-k/top-p were used to draw them: that
-    is the pi_old of the importance ratio."""
+    """Device arrays, one row per sample n = b*G + g. Log-probs are of the sampled tokens
+    under softmax(logits / tau), tau the sampling temperature (1 for greedy), *without*
+    top-k/top-p truncation: the pi_old of the importance ratio when the learner scales its
+    logits by 1/tau the same way (as verl, TRL and Tunix do)."""
 
     tokens: jnp.ndarray  # [N, T] int32; pad after a row stops
     logprobs: jnp.ndarray  # [N, T] float32; 0 where mask is 0
     mask: jnp.ndarray  # [N, T] bool: generated tokens up to and including the first EOS
     lengths: jnp.ndarray  # [N] int32
-    truncated: jnp.ndarray  # [N] bool: reached max_new_tokens without EOS
+    truncated: jnp.ndarray  # [N] bool: stopped at its token limit without an EOS
     prompt_tokens: jnp.ndarray  # [N, S] int32, left-padded (S is the bucket)
     prompt_valid: jnp.ndarray  # [N, S] bool
+    decode_steps: jnp.ndarray  # int32 scalar: iterations of the decode loop
+    num_slots: int = flax.struct.field(pytree_node=False, default=0)  # R
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Everything static about a sampler call. With the model's graphdef and the shapes of the
+    traced arguments (prompt bucket S, B) it is the compilation key: temperature, top-p, the
+    seed and the prompts are traced, so changing them reuses the compiled program."""
+
+    group_size: int  # G
+    max_new_tokens: int  # T
+    num_slots: int  # R, a multiple of the shards
+    top_k: int | None = None
+    use_top_p: bool = False
+    eos_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    cache_dtype: str = "float32"
+    mesh: Any = None  # the prompts' mesh when they are sharded over data axes, else None
+    data_axes: tuple[str, ...] = ()  # mesh axes that split prompts, samples and slots
+
+    @property
+    def shards(self) -> int:
+        """P: contiguous blocks of prompts, samples and slots, one per data-parallel shard."""
+        return math.prod(self.mesh.shape[a] for a in self.data_axes) if self.mesh else 1
+
+    def constrain(self, x, *rest_spec):
+        """Split `x`'s leading dimension over the data axes (no-op on one device)."""
+        if self.mesh is None:
+            return x
+        lead = self.data_axes[0] if len(self.data_axes) == 1 else self.data_axes
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(self.mesh, PartitionSpec(lead, *rest_spec)))
+
+
+@flax.struct.dataclass
+class SamplingState:
+    """The decode loop's carry.
+
+    Slot r belongs to shard r // Rp; `sample_R` numbers samples within the shard (global n =
+    shard * Np + sample). A slot is *live* while its sample has not ended; it then holds the
+    sample's last token (the next decode input), and the sample has `cache.slot_fed_R[r] + 1`
+    tokens, all but the last in the cache's ring. Per-sample outputs are written as tokens
+    are drawn; `lengths_N` is set when a sample ends."""
+
+    step: jnp.ndarray  # int32: decode steps done
+    cache: KVCache  # prefix table and ring; also each slot's prompt and fed-token count
+    sample_R: jnp.ndarray  # int32 [R]: the slot's sample (shard-local)
+    token_R: jnp.ndarray  # int32 [R]: the slot's last token
+    live_R: jnp.ndarray  # bool [R]
+    next_P: jnp.ndarray  # int32 [P]: each shard's first sample not yet started (its queue)
+    tokens_NT: jnp.ndarray  # int32, pad until written
+    logprobs_NT: jnp.ndarray  # float32, 0 until written
+    lengths_N: jnp.ndarray  # int32, 0 until the sample ends
+    eos_N: jnp.ndarray  # bool: the sample ended with an EOS id
 
 
 def left_align(tokens_BS, lengths_B, pad_id):
@@ -57,92 +135,183 @@ def left_align(tokens_BS, lengths_B, pad_id):
     return left_BS.astype(jnp.int32), valid_BS, positions_BS
 
 
-@flax.struct.dataclass
-class _LoopState:
-    step: jnp.ndarray
-    logits_NV: jnp.ndarray
-    cache: KVCache
-    tokens_NT: jnp.ndarray
-    logprobs_NT: jnp.ndarray
-    done_N: jnp.ndarray
-    stop_step_N: jnp.ndarray
+class _Loop:
+    """The pieces of one sampler program (closed over by the jitted function only)."""
+
+    def __init__(self, sp: SamplingParams, model, key, temperature, top_p, lengths_B,
+                 limit_N, first_logits_BV):
+        self.sp, self.model, self.key = sp, model, key
+        self.temperature, self.top_p = temperature, (top_p if sp.use_top_p else None)
+        self.lengths_B, self.limit_N, self.first_logits_BV = lengths_B, limit_N, first_logits_BV
+        self.P, self.G, self.T, self.R = sp.shards, sp.group_size, sp.max_new_tokens, \
+            sp.num_slots
+        self.N = limit_N.shape[0]
+        self.Np, self.Rp = self.N // self.P, self.R // self.P
+        self.eos = jnp.asarray(sp.eos_ids or (-1,), jnp.int32)
+        self.shard_R = jnp.arange(self.R, dtype=jnp.int32) // self.Rp
+
+    def draw(self, sample_R, t_R, logits_RV):
+        keys = sample_keys(self.key, self.shard_R * self.Np + sample_R, t_R)
+        return sample_tokens(keys, logits_RV, temperature=self.temperature,
+                             top_k=self.sp.top_k, top_p=self.top_p)
+
+    def _scatter(self, buf_N, write_R, sample_R, values_R, t_R=None):
+        """buf[sample, (t)] = value for the slots in write_R, within each shard."""
+        P, Np, Rp = self.P, self.Np, self.Rp
+        j_PR = jnp.where(write_R, sample_R, Np).reshape(P, Rp)  # Np: out of range, dropped
+        blocks = buf_N.reshape(P, Np, *buf_N.shape[1:])
+        v_PR = values_R.reshape(P, Rp)
+        if t_R is None:
+            out = jax.vmap(lambda b, j, v: b.at[j].set(v, mode="drop"))(blocks, j_PR, v_PR)
+        else:
+            out = jax.vmap(lambda b, j, t, v: b.at[j, t].set(v, mode="drop"))(
+                blocks, j_PR, t_R.reshape(P, Rp), v_PR)
+        return self.sp.constrain(out.reshape(buf_N.shape))
+
+    def record(self, st: SamplingState, write_R, t_R, tok_R, logp_R) -> SamplingState:
+        """Store token t of the slots in write_R; end samples on EOS or their limit."""
+        limit_R = gather_rows(self.limit_N, st.sample_R, self.P)
+        eos_R = jnp.any(tok_R[:, None] == self.eos[None, :], -1)
+        ended_R = write_R & (eos_R | (t_R + 1 >= limit_R))
+        return st.replace(
+            tokens_NT=self._scatter(st.tokens_NT, write_R, st.sample_R, tok_R, t_R),
+            logprobs_NT=self._scatter(st.logprobs_NT, write_R, st.sample_R, logp_R, t_R),
+            lengths_N=self._scatter(st.lengths_N, ended_R, st.sample_R, t_R + 1),
+            eos_N=self._scatter(st.eos_N, ended_R, st.sample_R, eos_R),
+            live_R=jnp.where(write_R, ~ended_R, st.live_R),
+            token_R=jnp.where(write_R, tok_R, st.token_R),
+        )
+
+    def refill(self, st: SamplingState) -> SamplingState:
+        """Every free slot takes its shard's next waiting sample and draws the sample's first
+        token from the prompt's prefill logits."""
+        P, Rp, Np, R = self.P, self.Rp, self.Np, self.R
+        free_PR = ~st.live_R.reshape(P, Rp)
+        j_PR = st.next_P[:, None] + jnp.cumsum(free_PR, axis=1) - 1
+        take_PR = free_PR & (j_PR < Np)
+        take_R, j_R = take_PR.reshape(R), j_PR.reshape(R)
+        sample_R = jnp.where(take_R, j_R, st.sample_R)
+        prompt_R = sample_R // self.G
+        st = st.replace(
+            sample_R=sample_R,
+            next_P=jnp.minimum(st.next_P + free_PR.sum(1), Np),
+            cache=st.cache.assign(take_R, prompt_R))
+
+        def first_tokens():
+            logits_RV = gather_rows(self.first_logits_BV, prompt_R, P)
+            return self.draw(sample_R, jnp.zeros((R,), jnp.int32), logits_RV)
+
+        def none():
+            return jnp.zeros((R,), jnp.int32), jnp.zeros((R,), jnp.float32)
+
+        tok_R, logp_R = jax.lax.cond(jnp.any(take_R), first_tokens, none)
+        return self.record(st, take_R, jnp.zeros((R,), jnp.int32), tok_R, logp_R)
+
+    def cond(self, st: SamplingState):
+        return jnp.any(st.live_R) | jnp.any(st.next_P < self.Np)
+
+    def body(self, st: SamplingState) -> SamplingState:
+        cache = st.cache
+        prompt_len_R = gather_rows(self.lengths_B, cache.slot_prompt_R, self.P)
+        logits_RV, cache = self.model.decode(st.token_R, prompt_len_R + cache.slot_fed_R, cache)
+        t_R = cache.slot_fed_R  # the index of the token drawn now
+        tok_R, logp_R = self.draw(st.sample_R, t_R, logits_RV)
+        st = self.record(st.replace(step=st.step + 1, cache=cache), st.live_R, t_R, tok_R,
+                         logp_R)
+        return self.refill(st)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "group_size", "max_new_tokens", "top_k",
-                                             "use_top_p", "eos_ids", "pad_id", "cache_dtype"))
-def _generate(graphdef, state, tokens_BS, lengths_B, key, temperature, top_p, *, group_size,
-              max_new_tokens, top_k, use_top_p, eos_ids, pad_id, cache_dtype):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _sample(sp: SamplingParams, graphdef, state, tokens_BS, lengths_B, limit_N, key,
+            temperature, top_p):
     model = nnx.merge(graphdef, state)
     B, S = tokens_BS.shape
-    G, T = group_size, max_new_tokens
+    G, T, R = sp.group_size, sp.max_new_tokens, sp.num_slots
     N = B * G
-    left_BS, valid_BS, positions_BS = left_align(tokens_BS, lengths_B, pad_id)
+    left_BS, valid_BS, positions_BS = left_align(tokens_BS, lengths_B, sp.pad_id)
     logits_BV, (k_LBSKH, v_LBSKH) = model.prefill(left_BS, positions_BS, valid_BS)
-    cache = KVCache.from_prefix(k_LBSKH.astype(cache_dtype), v_LBSKH.astype(cache_dtype),
-                                valid_BS, group_size=G, max_new_tokens=T)
-    lengths_N = jnp.repeat(lengths_B, G)
-    row_ids_N = jnp.arange(N)
-    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
-    top_p_arg = top_p if use_top_p else None
-
-    def cond(s: _LoopState):
-        return (s.step < T) & ~jnp.all(s.done_N)
-
-    def body(s: _LoopState):
-        step_key = jax.random.fold_in(key, s.step)
-        tok_N = sample_tokens(step_key, s.logits_NV, row_ids_N, temperature=temperature,
-                              top_k=top_k, top_p=top_p_arg)
-        logp_N = jnp.take_along_axis(jax.nn.log_softmax(s.logits_NV, -1), tok_N[:, None], 1)[:, 0]
-        active_N = ~s.done_N
-        tok_N = jnp.where(active_N, tok_N, pad_id)
-        tokens_NT = s.tokens_NT.at[:, s.step].set(tok_N)
-        logprobs_NT = s.logprobs_NT.at[:, s.step].set(jnp.where(active_N, logp_N, 0.0))
-        hit_N = active_N & jnp.any(tok_N[:, None] == eos[None, :], axis=-1)
-        stop_step_N = jnp.where(hit_N, s.step + 1, s.stop_step_N)
-        done_N = s.done_N | hit_N
-        positions_N1 = (lengths_N + s.step)[:, None].astype(jnp.int32)
-        logits_N1V, cache = model.decode(tok_N[:, None], positions_N1, s.cache)
-        return _LoopState(s.step + 1, logits_N1V[:, 0], cache, tokens_NT, logprobs_NT, done_N,
-                          stop_step_N)
-
-    init = _LoopState(
+    cache = KVCache.create(k_LBSKH, v_LBSKH, valid_BS, num_slots=R, max_new_tokens=T,
+                           shards=sp.shards, group_size=G if R == N else 0,
+                           dtype=sp.cache_dtype)
+    if sp.mesh is not None:
+        K = k_LBSKH.shape[3]
+        kv = partition_spec(("kv_heads",), ROLLOUT_RULES, sp.mesh, (K,))[0]
+        cache = cache.replace(k_RKHT=tuple(sp.constrain(a, kv) for a in cache.k_RKHT),
+                              v_RKTH=tuple(sp.constrain(a, kv) for a in cache.v_RKTH))
+    limit_N = jnp.full((N,), T, jnp.int32) if limit_N is None else \
+        sp.constrain(jnp.clip(limit_N, 1, T).astype(jnp.int32))
+    loop = _Loop(sp, model, key, temperature, top_p, lengths_B, limit_N, logits_BV)
+    P = sp.shards
+    init = SamplingState(
         step=jnp.zeros((), jnp.int32),
-        logits_NV=jnp.repeat(logits_BV, G, axis=0),
         cache=cache,
-        tokens_NT=jnp.full((N, T), pad_id, jnp.int32),
-        logprobs_NT=jnp.zeros((N, T), jnp.float32),
-        done_N=jnp.zeros((N,), bool),
-        stop_step_N=jnp.full((N,), T, jnp.int32),
+        sample_R=sp.constrain(jnp.zeros((R,), jnp.int32)),
+        token_R=sp.constrain(jnp.zeros((R,), jnp.int32)),
+        live_R=sp.constrain(jnp.zeros((R,), bool)),
+        next_P=sp.constrain(jnp.zeros((P,), jnp.int32)),
+        tokens_NT=sp.constrain(jnp.full((N, T), sp.pad_id, jnp.int32)),
+        logprobs_NT=sp.constrain(jnp.zeros((N, T), jnp.float32)),
+        lengths_N=sp.constrain(jnp.zeros((N,), jnp.int32)),
+        eos_N=sp.constrain(jnp.zeros((N,), bool)),
     )
-    final = jax.lax.while_loop(cond, body, init)
-    lengths_out_N = final.stop_step_N
-    mask_NT = jnp.arange(T)[None, :] < lengths_out_N[:, None]
+    final = jax.lax.while_loop(loop.cond, loop.body, loop.refill(init))
+    mask_NT = jnp.arange(T)[None, :] < final.lengths_N[:, None]
     return SampleOutput(
         tokens=final.tokens_NT,
         logprobs=final.logprobs_NT,
         mask=mask_NT,
-        lengths=lengths_out_N,
-        truncated=~final.done_N,
+        lengths=final.lengths_N,
+        truncated=~final.eos_N,
         prompt_tokens=jnp.repeat(left_BS, G, axis=0),
         prompt_valid=jnp.repeat(valid_BS, G, axis=0),
+        decode_steps=final.step,
+        num_slots=R,
     )
+
+
+def _data_sharding(x) -> tuple[Any, tuple[str, ...]]:
+    """(mesh, data axes) when `x`'s rows are split over mesh axes, else (None, ())."""
+    sharding = getattr(x, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or not sharding.spec or sharding.spec[0] is None:
+        return None, ()
+    lead = sharding.spec[0]
+    axes = (lead,) if isinstance(lead, str) else tuple(lead)
+    axes = tuple(a for a in axes if sharding.mesh.shape[a] > 1)
+    return (sharding.mesh, axes) if axes else (None, ())
+
+
+def _model_config(model, graphdef, state):
+    cfg = getattr(model, "cfg", None)
+    return cfg if cfg is not None else getattr(nnx.merge(graphdef, state), "cfg", None)
 
 
 def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int = 1,
              max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, eos_ids: Sequence[int] = (), seed: Any = 0,
              pad_id: int = 0, buckets: Sequence[int] | None = None,
-             cache_dtype: Any = None) -> SampleOutput:
+             cache_dtype: Any = None, max_rows: int | None = None,
+             kv_cache_gb: float | None = None, max_lengths=None) -> SampleOutput:
     """Sample `group_size` completions for each of B prompts in one jitted call.
 
     Args:
       model: a `Transformer`, or a `(graphdef, state)` pair (e.g. state resharded for rollout).
       prompt_tokens_BS: right-padded prompt ids; row b's prompt is `[b, :prompt_lengths_B[b]]`.
+        A global array sharded over the mesh's data axes splits the decode the same way.
       group_size: G completions per prompt; output row b*G + g belongs to prompt b.
-      temperature: 0 means greedy. Log-probs are always those of the temperature-1 policy.
-      seed: int or PRNG key. Row n at step t draws with `fold_in(fold_in(key, t), n)`, so a
-        seed reproduces a call exactly and a new seed per RL step gives new samples.
+      temperature: 0 means greedy. Log-probs are of softmax(logits / temperature) (of the
+        logits for greedy), never truncated by top-k/top-p.
+      seed: int or PRNG key. Sample n's token t is drawn with `fold_in(fold_in(key, t), n)`,
+        so a seed reproduces a call exactly, whatever `max_rows` and the mesh are.
       buckets: allowed padded prompt lengths (default powers of two from 16).
+      max_rows: R, decode slots (rows in flight); None: one per sample (lock-step). Rounded
+        up to a multiple of the data-parallel shards.
+      kv_cache_gb: per-device K/V budget in GiB; R is then at most what fits
+        (`memory.slots_for_kv_budget`). With `max_rows` too, the smaller R wins.
+      max_lengths: optional per-sample token limits `[N]` (<= max_new_tokens); a sample that
+        reaches its limit stops there, as at max_new_tokens (benchmarks force long-tailed
+        lengths with it).
+    Returns:
+      `SampleOutput`; `num_slots` is the R used and `decode_steps` the loop's iterations.
     """
     if isinstance(model, tuple):
         graphdef, state = model
@@ -155,20 +324,36 @@ def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int 
     S = bucket_length(S_in, buckets)
     if S != S_in:
         tokens = jnp.pad(jnp.asarray(tokens), ((0, 0), (0, S - S_in)), constant_values=pad_id)
-    key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
+    G, T = int(group_size), int(max_new_tokens)
+    N = B * G
+    mesh, data_axes = _data_sharding(tokens)
+    shards = math.prod(mesh.shape[a] for a in data_axes) if mesh is not None else 1
+    cfg = _model_config(model, graphdef, state) if (kv_cache_gb or cache_dtype is None) \
+        else None
     if cache_dtype is None:
-        cache_dtype = _compute_dtype(model, state)
-    return _generate(graphdef, state, jnp.asarray(tokens, jnp.int32), lengths, key,
-                     jnp.float32(temperature), jnp.float32(top_p if top_p is not None else 1.0),
-                     group_size=int(group_size), max_new_tokens=int(max_new_tokens),
-                     top_k=int(top_k) if top_k else None, use_top_p=top_p is not None,
-                     eos_ids=tuple(int(e) for e in eos_ids), pad_id=int(pad_id),
-                     cache_dtype=jnp.dtype(cache_dtype).name)
-
-
-def _compute_dtype(model, state) -> Any:
-    cfg = getattr(model, "cfg", None)
-    if cfg is not None:
-        return cfg.dtype
-    leaves = jax.tree.leaves(state)
-    return leaves[0].dtype if leaves else jnp.float32
+        cache_dtype = cfg.dtype if cfg is not None else jax.tree.leaves(state)[0].dtype
+    budget_rows = None
+    if kv_cache_gb is not None:
+        tensor = mesh.shape.get("tensor", 1) if mesh is not None else 1
+        budget_rows = memory.slots_for_kv_budget(
+            cfg, kv_cache_gb, batch_size=B, group_size=G, prompt_len=S, max_new_tokens=T,
+            data_shards=shards, tensor=tensor, dtype=cache_dtype)
+    R = memory.resolve_num_slots(N, data_shards=shards, max_rows=max_rows,
+                                 budget_rows=budget_rows)
+    if R != N:
+        log.info("sampler: %d decode slots for %d samples (max_rows=%s, kv_cache_gb=%s)", R, N,
+                 max_rows, kv_cache_gb)
+    limit_N = None
+    if max_lengths is not None:
+        limit_N = np.asarray(max_lengths, np.int32)
+        if limit_N.shape != (N,):
+            raise ValueError(f"max_lengths must have one entry per sample ({N}), "
+                             f"got shape {limit_N.shape}")
+    key = jax.random.key(seed) if isinstance(seed, (int, np.integer)) else seed
+    sp = SamplingParams(
+        group_size=G, max_new_tokens=T, num_slots=R, top_k=int(top_k) if top_k else None,
+        use_top_p=top_p is not None, eos_ids=tuple(int(e) for e in eos_ids),
+        pad_id=int(pad_id), cache_dtype=jnp.dtype(cache_dtype).name, mesh=mesh,
+        data_axes=data_axes)
+    return _sample(sp, graphdef, state, jnp.asarray(tokens, jnp.int32), lengths, limit_N, key,
+                   jnp.float32(temperature), jnp.float32(top_p if top_p is not None else 1.0))
