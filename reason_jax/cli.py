@@ -6,7 +6,7 @@
   sample     print completions of the latest checkpoint for a prompt
   import-hf  HF config.json + safetensors -> reason-jax checkpoint
   export-hf  reason-jax checkpoint -> HF safetensors + config.json
-  bench      sampler | train-step | rl-step: one JSON object of measurements
+  bench      sampler | train-step | rl-step | verifier: one JSON object of measurements
 """
 
 from __future__ import annotations
@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     x.set_defaults(fn=cmd_export_hf)
 
-    b = sub.add_parser("bench", help="benchmarks: sampler | train-step | rl-step (JSON out)")
-    b.add_argument("what", choices=("sampler", "train-step", "rl-step"))
+    b = sub.add_parser("bench", help="benchmarks: sampler | train-step | rl-step | verifier "
+                       "(JSON out)")
+    b.add_argument("what", choices=("sampler", "train-step", "rl-step", "verifier"))
     _config_args(b)
     b.add_argument("--dry-run", action="store_true",
                    help="train-step: print per-device memory estimates without running")

@@ -1,6 +1,7 @@
 """The math verifier (math-verify in isolated workers) and the countdown verifier, including
 the adversarial (injection) suites."""
 
+import json
 import os
 import subprocess
 import sys
@@ -314,3 +315,17 @@ def test_countdown_accepts_every_builtin_solution():
             n += 1
         assert countdown_verify("1+1+1+1", rec).status == "wrong"
     assert n > 1000
+
+
+def test_bench_verifier(capsys, monkeypatch):
+    """`reason-jax bench verifier` end to end on a small batch (the numbers in
+    docs/verifiers.md come from the full 4096-answer run)."""
+    from reason_jax import cli
+    monkeypatch.setenv("REASON_JAX_BENCH_VERIFIER_N", "64")
+    assert cli.main(["bench", "verifier", "--iters", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("mathverify_alone_ms", "pool_1worker_ms", "worker_start_s", "batch_s"):
+        assert out[key] > 0, key
+    assert out["answers"] == 64 and 0.3 < out["accuracy"] < 0.7
+    assert out["status_counts"]["ok"] + out["status_counts"]["wrong"] == 64
+    assert out["engine_imported_here"] == []

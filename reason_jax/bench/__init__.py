@@ -1,4 +1,5 @@
-"""Benchmarks behind `reason-jax bench {sampler,train-step,rl-step}` (docs/benchmarks.md).
+"""Benchmarks behind `reason-jax bench {sampler,train-step,rl-step,verifier}`
+(docs/benchmarks.md; `verifier`: docs/verifiers.md).
 
 Each returns one JSON-serialisable dict; the CLI prints it. Bench-only knobs without a CLI
 flag are environment variables: REASON_JAX_BENCH_PROMPT_LEN (prompt length S; default
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-WHATS = ("sampler", "train-step", "rl-step")
+WHATS = ("sampler", "train-step", "rl-step", "verifier")
 
 
 def run(what: str, args, overrides) -> dict[str, Any]:
@@ -21,6 +22,8 @@ def run(what: str, args, overrides) -> dict[str, Any]:
         from reason_jax.bench.train_step import run as fn
     elif what == "rl-step":
         from reason_jax.bench.rl_step import run as fn
+    elif what == "verifier":
+        from reason_jax.bench.verifier import run as fn
     else:
         raise SystemExit(f"unknown bench {what!r}; one of {', '.join(WHATS)}")
     return _jsonable(fn(args, overrides))

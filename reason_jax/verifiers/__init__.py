@@ -10,7 +10,8 @@ Public API::
         result.rewards, result.infos, result.status_counts
 
 This package is stdlib-only and never imports JAX (its worker processes must start cheaply).
-See docs/verifiers.md.
+The ``math`` verifier's judge (math-verify, sympy) is imported only by isolated workers
+(:mod:`.isolation`), never by the calling process. See docs/verifiers.md.
 """
 
 from __future__ import annotations
