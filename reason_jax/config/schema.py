@@ -16,9 +16,11 @@ import ml_collections
 _RL_KEYS = {
     "ppo_epochs": int, "num_minibatches": int, "micro_batches": int, "length_buckets": int,
     "clip_low": float, "clip_high": float, "dual_clip": float, "agg": str, "level": str,
+    "loss": str, "clip_cov_ratio": float, "clip_cov_lb": float, "clip_cov_ub": float,
+    "kl_cov_ratio": float, "kl_cov_coef": float,
     "beta": float, "kl_kind": str, "entropy_coef": float,
     "recompute_old_logp": bool, "rollout_correction": str, "rollout_correction_cap": float,
-    "std": str, "adv_eps": float, "reward_correct": float, "reward_incorrect": float,
+    "adv_estimator": str, "std": str, "adv_eps": float, "reward_correct": float, "reward_incorrect": float,
     "overlong_shaping": bool, "overlong_cache_len": int, "overlong_factor": float,
     "overlong_filter": bool, "dynamic_sampling": bool, "filter_metric": str,
     "max_gen_batches": int, "max_skipped_steps": int,
@@ -68,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout.temperature = 1.0
     c.rollout.top_k = 0  # 0: off
     c.rollout.top_p = 1.0
+    # Decode slots R (continuous batching): 0 = one per sample (N = B*G, lock-step); or the
+    # most that fit a per-device K/V budget in GiB (kv_cache_gb > 0); with both, the smaller.
+    c.rollout.max_rows = 0
+    c.rollout.kv_cache_gb = 0.0
 
     c.verifier = ml_collections.ConfigDict()
     c.verifier.name = "countdown"

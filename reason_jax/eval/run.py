@@ -34,7 +34,9 @@ def _generate_rows(run, params, records, *, n, temperature, top_p, max_new_token
     out = generate((run.policy.graphdef, params), g_tokens, g_lengths, group_size=n,
                    max_new_tokens=max_new_tokens, temperature=temperature,
                    top_p=top_p if top_p < 1 else None, eos_ids=task.tokenizer.eos_ids,
-                   seed=seed, pad_id=task.tokenizer.pad_id, buckets=cfg.data.buckets)
+                   seed=seed, pad_id=task.tokenizer.pad_id, buckets=cfg.data.buckets,
+                   max_rows=cfg.rollout.max_rows or None,
+                   kv_cache_gb=cfg.rollout.kv_cache_gb or None)
     host = to_local({"tokens": out.tokens, "lengths": out.lengths, "truncated": out.truncated})
     return decode_completions(task, host["tokens"], host["lengths"], host["truncated"])
 

@@ -39,10 +39,13 @@ def generate_batch(task: Task, cfg, rollout_model, records, key, mesh):
                    max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
                    top_k=ro.top_k or None, top_p=ro.top_p if ro.top_p < 1 else None,
                    eos_ids=task.tokenizer.eos_ids, seed=key, pad_id=task.tokenizer.pad_id,
-                   buckets=cfg.data.buckets)
+                   buckets=cfg.data.buckets, max_rows=ro.max_rows or None,
+                   kv_cache_gb=ro.kv_cache_gb or None)
     host = to_local({"tokens": out.tokens, "logprobs": out.logprobs, "mask": out.mask,
                      "lengths": out.lengths, "truncated": out.truncated,
                      "prompt_tokens": out.prompt_tokens, "prompt_valid": out.prompt_valid})
+    host["decode_steps"] = int(out.decode_steps)
+    host["num_slots"] = out.num_slots
     return host
 
 
@@ -86,6 +89,7 @@ def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, ste
     seen: dict[str, list] = {"rewards": [], "accuracy": [], "lengths": [], "truncated": []}
     status_counts: dict[str, int] = {}
     gen_tokens = 0
+    slot_steps = 0  # decode slots x decode steps, summed over generation batches
     i = 0
     while True:
         records = next(data_iter)
@@ -97,6 +101,7 @@ def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, ste
         t2 = time.perf_counter()
         stats["time/rollout_s"] += t1 - t0
         stats["time/verify_s"] += t2 - t1
+        slot_steps += host.pop("decode_steps") * host.pop("num_slots")
         gen_tokens += int(host["lengths"].sum())
         for k in seen:
             seen[k].append(host[k])
@@ -123,6 +128,8 @@ def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, ste
     status_counts = {k: int(gather(np.asarray([v])).sum()) for k, v in
                      sorted(status_counts.items())}
     gen_tokens = int(gather(np.asarray([gen_tokens])).sum())
+    # Generated tokens / (slots x steps): how busy the decode slots were (1 = no idle slot).
+    stats["rollout/slot_utilisation"] = gen_tokens / max(slot_steps, 1)
     stats.update({
         "reward/mean": float(cat["rewards"].mean()),
         "reward/std": float(cat["rewards"].std()),
@@ -145,8 +152,8 @@ def train_batch(step_cfg: StepConfig, group_size: int, rows, data_shards: int = 
     similar length (`data_shards`: this host's shards of the data axes); advantages are
     computed per group before, so the order changes nothing but what is trimmed."""
     r = step_cfg
-    adv_N = np.asarray(rl.group_advantages(rows["rewards"], group_size, std=r.std,
-                                           eps=r.adv_eps), np.float32)
+    adv_N = np.asarray(rl.advantages(rows["rewards"], group_size, estimator=r.adv_estimator,
+                                     std=r.std, eps=r.adv_eps), np.float32)
     mask_NT = rows["mask"].astype(bool)
     if r.overlong_filter:
         mask_NT = mask_NT & ~rows["truncated"][:, None].astype(bool)
