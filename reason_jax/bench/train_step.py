@@ -23,7 +23,7 @@ from reason_jax import rl
 from reason_jax.bench import common
 from reason_jax.config.resolve import rl_optimizer, step_config
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
-from reason_jax.sharding.mesh import make_mesh
+from reason_jax.sharding.mesh import data_size, make_mesh
 from reason_jax.sharding.rules import BATCH_AXES, ROLLOUT_RULES, TRAIN_RULES
 from reason_jax.run.policy import Policy
 
@@ -52,20 +52,48 @@ def _batch_shapes(cfg, N, S, T) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return shapes
 
 
-def synthetic_batch(cfg, N, S, T, vocab, seed=0) -> dict[str, np.ndarray]:
+def synthetic_batch(cfg, N, S, T, vocab, seed=0, lengths_N=None,
+                    data_shards: int = 1) -> dict[str, np.ndarray]:
+    """N rows of S prompt + T response tokens; `lengths_N` (default: all T) ends each response
+    early, as EOS would. Rows are ordered as the loop orders them (`rl.length_buckets`)."""
     rng = np.random.default_rng(seed)
     X = S + T
+    lengths_N = np.full(N, T) if lengths_N is None else np.asarray(lengths_N)
+    mask_NT = np.arange(T)[None, :] < lengths_N[:, None]
     batch = {
         "tokens_NX": rng.integers(0, vocab, size=(N, X), dtype=np.int32),
         "positions_NX": np.broadcast_to(np.arange(X, dtype=np.int32), (N, X)).copy(),
-        "valid_NX": np.ones((N, X), bool),
-        "mask_NT": np.ones((N, T), np.float32),
+        "valid_NX": np.concatenate([np.ones((N, S), bool), mask_NT], 1),
+        "mask_NT": mask_NT.astype(np.float32),
         "adv_N": rng.standard_normal(N).astype(np.float32),
         "sampler_logp_NT": (-rng.exponential(1.0, size=(N, T))).astype(np.float32),
     }
-    if step_config(cfg).uses_kl:
+    step = step_config(cfg)
+    if step.uses_kl:
         batch["ref_logp_NT"] = (-rng.exponential(1.0, size=(N, T))).astype(np.float32)
+    if step.length_buckets > 1:
+        order = rl.length_grouped_order(lengths_N, num_minibatches=step.num_minibatches,
+                                        micro_batches=step.micro_batches,
+                                        data_shards=data_shards)
+        batch = {k: v[order] for k, v in batch.items()}
     return batch
+
+
+def padding_fractions(batch, step_cfg, S: int, T: int) -> dict[str, float]:
+    """Share of the columns a train step processes that are padding: `before` at full width
+    (every row S + T), `after` with the step's micro-batches trimmed to their length bucket."""
+    mask_NT = np.asarray(batch["mask_NT"]) > 0
+    real = float(np.asarray(batch["valid_NX"]).sum())
+    N = mask_NT.shape[0]
+    buckets = np.asarray(rl.length_buckets(T, step_cfg.length_buckets))
+    last_N = np.where(mask_NT.any(1), T - np.argmax(mask_NT[:, ::-1], axis=1), 0)
+    parts = step_cfg.num_minibatches * step_cfg.micro_batches
+    columns = 0.0
+    for p in range(parts):  # the step's micro-batch p: rows p, p + parts, ... (split_rows)
+        rows = last_N[p::parts]
+        t = buckets[min(np.searchsorted(buckets, rows.max()), len(buckets) - 1)]
+        columns += len(rows) * (S + t)
+    return {"before": 1.0 - real / (N * (S + T)), "after": 1.0 - real / columns}
 
 
 def analytic_flops(model_cfg, cfg, N, S, T) -> float:
@@ -110,7 +138,16 @@ def run(args, overrides) -> dict:
     state = jax.jit(lambda p: rl.create_train_state(p, optimizer),
                     out_shardings=state_shardings)(params)
     del params
-    batch = to_global(synthetic_batch(cfg, N, S, T, model_cfg.vocab_size, cfg.seed), mesh)
+    lengths = None
+    if getattr(args, "lengths", None):
+        from reason_jax.bench.sampler import parse_lengths
+
+        lengths = parse_lengths(args.lengths, N, T, cfg.seed)
+    host_batch = synthetic_batch(cfg, N, S, T, model_cfg.vocab_size, cfg.seed, lengths,
+                                 data_size(mesh))
+    padding = padding_fractions(host_batch, step_config(cfg), S, T)
+    real_tokens = float(host_batch["valid_NX"].sum())
+    batch = to_global(host_batch, mesh)
 
     t0 = time.perf_counter()
     lowered = step.lower(state, batch)
@@ -173,6 +210,10 @@ def run(args, overrides) -> dict:
         "step_s": step_s,
         "step_times_s": times,
         "tokens_per_s": N * (S + T) / step_s,
+        "real_tokens_per_s": real_tokens / step_s,
+        "lengths": getattr(args, "lengths", None),
+        "length_buckets": step_cfg.length_buckets,
+        "padding_frac": padding,
         "response_tokens_per_s": N * T / step_s,
         "peak_memory_bytes": peak,
         "peak_memory_source": peak_src,
