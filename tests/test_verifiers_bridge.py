@@ -60,10 +60,11 @@ def test_batch_with_hangs_and_crashes(pool):
 
 
 def test_register_by_path_and_batch_timeout(pool):
+    # 2 s: replacement workers of the previous test may still be starting on a busy machine.
     res = pool.score("test_verifiers_helpers:flaky", ["ok", "sleep", "ok"], [{}] * 3,
-                     timeout_s=30.0, batch_timeout_s=0.5)
+                     timeout_s=30.0, batch_timeout_s=2.0)
     assert [i["status"] for i in res.infos] == ["ok", "timeout", "ok"]
-    assert res.elapsed_s < 1.5
+    assert res.elapsed_s < 3.0
 
 
 def test_unknown_verifier_and_bad_input(pool):

@@ -16,12 +16,18 @@ MARK = "rjx_sandbox_escape_marker"
 
 
 def _sandbox_procs():
-    """Live processes running under any sandbox uid."""
+    """Live processes running under any sandbox uid, except isolated verifier workers (and
+    what they started) of pools that are meant to be alive, e.g. another run's math pool:
+    those run under the uid of a live process of that same uid (the worker's own)."""
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if os.stat(f"/proc/{name}").st_uid >= sandbox.SANDBOX_UID_BASE:
+                uid = os.stat(f"/proc/{name}").st_uid
+                if uid >= sandbox.SANDBOX_UID_BASE:
+                    owner = f"/proc/{uid - sandbox.SANDBOX_UID_BASE}"
+                    if os.path.exists(owner) and os.stat(owner).st_uid == uid:
+                        continue
                     with open(f"/proc/{name}/stat", "rb") as f:
                         if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
                             out.append(int(name))
