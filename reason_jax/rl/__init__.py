@@ -1,22 +1,31 @@
 """RL from verifiable rewards: advantages, losses, KL, overlong shaping, dynamic sampling and
 the jitted train step. See docs/algorithms.md for the formulas as implemented."""
 
-from reason_jax.rl.advantages import STD_MODES, group_advantages
+from reason_jax.rl.advantages import (
+    ADV_ESTIMATORS,
+    STD_MODES,
+    advantages,
+    group_advantages,
+    passk_advantages,
+)
 from reason_jax.rl.aggregation import AGG_MODES, agg_normaliser, agg_numerator, aggregate
 from reason_jax.rl.dynamic_sampling import DynamicSamplingError, GroupAccumulator, filter_groups
 from reason_jax.rl.entropy import entropy_from_logits
+from reason_jax.rl.entropy_control import CovConfig, token_covariance
 from reason_jax.rl.kl import KL_KINDS, kl_penalty
 from reason_jax.rl.optimizer import current_learning_rate, make_optimizer, make_schedule
 from reason_jax.rl.overlong import overlong_filter, overlong_penalty
 from reason_jax.rl.policy_loss import (
     LEVELS,
+    LOSSES,
+    cispo_surrogate,
     clipped_surrogate,
     combine_sums,
     finalize_metrics,
     policy_loss,
     policy_loss_terms,
 )
-from reason_jax.rl.presets import DAPO, DR_GRPO, GRPO, GSPO, PRESETS, get_preset
+from reason_jax.rl.presets import CISPO, DAPO, DR_GRPO, GRPO, GSPO, PRESETS, get_preset
 from reason_jax.rl.rollout_batch import (
     RolloutBatch,
     chunked_logprobs,
@@ -42,7 +51,10 @@ from reason_jax.rl.train_step import (
 )
 
 __all__ = [
+    "ADV_ESTIMATORS",
     "AGG_MODES",
+    "CISPO",
+    "CovConfig",
     "DAPO",
     "DR_GRPO",
     "DynamicSamplingError",
@@ -52,6 +64,7 @@ __all__ = [
     "GroupAccumulator",
     "KL_KINDS",
     "LEVELS",
+    "LOSSES",
     "PRESETS",
     "ROLLOUT_CORRECTIONS",
     "RolloutBatch",
@@ -60,10 +73,12 @@ __all__ = [
     "StepShardings",
     "TrainState",
     "accumulate",
+    "advantages",
     "agg_normaliser",
     "agg_numerator",
     "aggregate",
     "chunked_logprobs",
+    "cispo_surrogate",
     "clipped_surrogate",
     "combine_sums",
     "completion_logprobs",
@@ -86,10 +101,12 @@ __all__ = [
     "mismatch",
     "overlong_filter",
     "overlong_penalty",
+    "passk_advantages",
     "policy_loss",
     "policy_loss_terms",
     "row_layout",
     "switch_on_length",
+    "token_covariance",
     "trim",
     "train_state_shardings",
 ]

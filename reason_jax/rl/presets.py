@@ -56,7 +56,13 @@ GSPO = StepConfig(
     std="unbiased",
 )
 
-PRESETS = {"grpo": GRPO, "dapo": DAPO, "drgrpo": DR_GRPO, "gspo": GSPO}
+# CISPO (MiniMax-M1, arXiv 2506.13585): the clipped, stop-gradient IS weight times A log pi,
+# token-mean, no KL. No lower bound on the weight (eps_low = 1: the paper sets it large; verl's
+# example uses 10), eps_high 0.28 (REFERENCE.md). Everything else is DAPO's recipe, so a
+# dapo-vs-cispo ablation changes the loss alone.
+CISPO = DAPO.replace(loss="cispo", clip_low=1.0, clip_high=0.28)
+
+PRESETS = {"grpo": GRPO, "dapo": DAPO, "drgrpo": DR_GRPO, "gspo": GSPO, "cispo": CISPO}
 # One spelling per algorithm; the older one still works.
 ALIASES = {"dr_grpo": "drgrpo"}
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from reason_jax.rl.advantages import STD_MODES
+from reason_jax.rl.advantages import ADV_ESTIMATORS, STD_MODES
 from reason_jax.rl.aggregation import AGG_MODES
+from reason_jax.rl.entropy_control import CovConfig
 from reason_jax.rl.kl import KL_KINDS
-from reason_jax.rl.policy_loss import LEVELS
+from reason_jax.rl.policy_loss import LEVELS, LOSSES
 
 ROLLOUT_CORRECTIONS = ("none", "tis", "mis")
 FILTER_METRICS = ("accuracy", "reward")
@@ -27,13 +28,18 @@ class StepConfig:
       length_buckets > 1 groups rows of similar length into micro-batches and trims each to
       the smallest of that many lengths holding its longest row (compute follows real tokens;
       one compiled branch per bucket);
-    surrogate: clip_low / clip_high (clip-higher), dual_clip (None: off), agg (aggregation.py),
-      level ("token", or "sequence" for GSPO);
-    regularisers: beta x KL(kl_kind) to the reference policy, entropy_coef x entropy bonus;
+    surrogate: loss ("ppo", "cispo", "clip_cov", "kl_cov": policy_loss.py), clip_low /
+      clip_high (clip-higher; CISPO's weight bounds), dual_clip (None: off), agg
+      (aggregation.py), level ("token", or "sequence" for GSPO);
+    entropy control (Clip-Cov / KL-Cov, entropy_control.py; verl's names and defaults):
+      clip_cov_ratio, clip_cov_lb, clip_cov_ub; kl_cov_ratio, kl_cov_coef;
+    regularisers: beta x KL(kl_kind) to the reference policy, entropy_coef x entropy bonus
+      (aggregated with `agg`, so per token under token-mean: docs/algorithms.md);
     pi_old: temperature (the sampling temperature: logits are divided by it wherever a
       log-prob is computed), recompute_old_logp, rollout_correction ("tis": truncated token
       weights, "mis": drop sequences) with cap rollout_correction_cap (REFERENCE.md);
-    rewards and advantages: reward_correct / reward_incorrect, std / adv_eps, overlong_shaping
+    rewards and advantages: reward_correct / reward_incorrect, adv_estimator ("grpo", or
+      "passk": the leave-one-out pass@k advantage, advantages.py), std / adv_eps, overlong_shaping
       (cache_len, factor) and overlong_filter;
     dynamic sampling: on/off, filter_metric, max_gen_batches per step, max_skipped_steps in a
       row before the run stops.
@@ -48,6 +54,12 @@ class StepConfig:
     dual_clip: float | None = None
     agg: str = "token-mean"
     level: str = "token"
+    loss: str = "ppo"
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    kl_cov_coef: float = 0.1
     beta: float = 0.0
     kl_kind: str = "k3"
     entropy_coef: float = 0.0
@@ -55,6 +67,7 @@ class StepConfig:
     recompute_old_logp: bool = True
     rollout_correction: str = "none"
     rollout_correction_cap: float = 2.0
+    adv_estimator: str = "grpo"
     std: str = "unbiased"
     adv_eps: float = 1e-6
     reward_correct: float = 1.0
@@ -76,14 +89,32 @@ class StepConfig:
                      "max_gen_batches", "max_skipped_steps"):
             if int(getattr(self, name)) < 1:
                 fail(f"rl.{name}={getattr(self, name)} must be >= 1")
-        if not 0 <= self.clip_low < 1:
+        _one_of("loss", self.loss, LOSSES)
+        if self.loss == "cispo":
+            # A weight bound, not a trust region: clip_low >= 1 means no lower bound.
+            if not self.clip_low >= 0:
+                fail(f"rl.clip_low={self.clip_low} must be >= 0 (>= 1: no lower clip)")
+        elif not 0 <= self.clip_low < 1:
             fail(f"rl.clip_low={self.clip_low} must be in [0, 1)")
         if not self.clip_high >= 0:
             fail(f"rl.clip_high={self.clip_high} must be >= 0")
         if self.dual_clip is not None and self.dual_clip <= 1:
             fail(f"rl.dual_clip={self.dual_clip} must be > 1 (or None)")
+        if self.dual_clip is not None and self.loss in ("cispo", "kl_cov"):
+            fail(f"rl.dual_clip caps the PPO surrogate; rl.loss={self.loss!r} has none")
         _one_of("agg", self.agg, AGG_MODES)
         _one_of("level", self.level, LEVELS)
+        if self.level != "token" and self.loss != "ppo":
+            fail(f"rl.level={self.level!r} (GSPO) works with rl.loss='ppo' only")
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                fail(f"rl.{name}={getattr(self, name)} must be in (0, 1]")
+        if not self.clip_cov_lb < self.clip_cov_ub:
+            fail(f"rl.clip_cov_lb={self.clip_cov_lb} must be < rl.clip_cov_ub="
+                 f"{self.clip_cov_ub}")
+        if self.kl_cov_coef < 0:
+            fail(f"rl.kl_cov_coef={self.kl_cov_coef} must be >= 0")
+        _one_of("adv_estimator", self.adv_estimator, ADV_ESTIMATORS)
         _one_of("kl_kind", self.kl_kind, KL_KINDS)
         _one_of("std", self.std, STD_MODES)
         _one_of("rollout_correction", self.rollout_correction, ROLLOUT_CORRECTIONS)
@@ -101,6 +132,11 @@ class StepConfig:
                 fail(f"rl.rollout_correction_cap={self.rollout_correction_cap} must be > 1")
         if self.overlong_cache_len < 0:
             fail(f"rl.overlong_cache_len={self.overlong_cache_len} must be >= 0 (0: auto)")
+
+    @property
+    def cov(self) -> CovConfig:
+        """Clip-Cov / KL-Cov hyperparameters, as policy_loss_terms takes them."""
+        return CovConfig(*(getattr(self, name) for name in CovConfig._fields))
 
     @property
     def uses_kl(self) -> bool:

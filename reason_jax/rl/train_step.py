@@ -34,8 +34,8 @@ import optax
 from reason_jax.rl.aggregation import agg_normaliser, agg_numerator
 from reason_jax.rl.kl import kl_penalty
 from reason_jax.rl.optimizer import current_learning_rate
-from reason_jax.rl.policy_loss import LOG_RATIO_CLAMP, combine_sums, finalize_metrics, \
-    policy_loss_terms
+from reason_jax.rl.policy_loss import COV_LOSSES, LOG_RATIO_CLAMP, combine_sums, \
+    finalize_metrics, policy_loss_terms
 from reason_jax.rl.rollout_batch import chunked_logprobs, completion_logprobs, get_field, \
     length_buckets, split_rows, switch_on_length
 from reason_jax.rl.step_config import StepConfig
@@ -148,7 +148,7 @@ def micro_batch_loss(params, micro, normaliser, *, apply_fn, cfg: StepConfig):
     pg_num, sums = policy_loss_terms(
         logp_NT, micro["old_logp_NT"], micro["adv_N"], mask_NT, clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, agg=cfg.agg, level=cfg.level,
-        weight_NT=micro.get("weight_NT"))
+        weight_NT=micro.get("weight_NT"), loss=cfg.loss, cov=cfg.cov)
     total_num = pg_num
     sums = dict(sums, pg_num=pg_num)
     valid_NT = mask_NT > 0
@@ -165,6 +165,7 @@ def micro_batch_loss(params, micro, normaliser, *, apply_fn, cfg: StepConfig):
 def _sum_keys(cfg: StepConfig):
     keys = ["tokens", "clip_low", "clip_high", "clip_dual", "ratio_sum", "ratio_max", "pg_num",
             "entropy_sum"]
+    keys += ["cov_selected"] if cfg.loss in COV_LOSSES else []
     return keys + (["kl_sum"] if cfg.uses_kl else [])
 
 
