@@ -11,6 +11,12 @@ environment variables only, exactly as it would reach GCS on a pod:
     `GOOGLE_AUTH_TOKEN_FOR_TESTING` as the bearer token, so it asks no metadata server.
 
 Bucket names follow GCS rules (tensorstore checks them: at least 3 characters).
+
+One gap of the emulator is filled here (run this file as a script to start it): real GCS sends
+an object's generation in the `x-goog-generation` header of every media download, and
+tensorstore keeps it to revalidate its cached OCDBT manifest (`ifGenerationNotMatch`); the
+emulator leaves the header out, which makes the next conditional read fail ("Malformed
+StorageGeneration") once a checkpoint has more than a handful of arrays.
 """
 
 from __future__ import annotations
@@ -54,8 +60,7 @@ class GcsEmulator:
         }
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", EMULATOR_MODULE, "start", "--host", "127.0.0.1",
-             "--port", str(self.port), "--in-memory", "--quiet"],
+            [sys.executable, os.path.abspath(__file__), str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout_s=30)
 
@@ -136,3 +141,39 @@ def local_gs_dirs(root: str) -> list[str]:
     for dirpath, dirnames, _ in os.walk(root):
         found += [os.path.join(dirpath, d) for d in dirnames if d.startswith("gs:")]
     return found
+
+
+def _add_generation_headers() -> None:
+    """Media downloads answer with `x-goog-generation` / `x-goog-metageneration`, as GCS does."""
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    plain = objects.download
+
+    def download(request, response, storage, *args, **kwargs):
+        plain(request, response, storage, *args, **kwargs)
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"],
+                                       request.params["object_id"])
+        except NotFound:
+            return
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj["metageneration"])
+
+    objects.download = download  # objects.get (?alt=media) calls it through the module
+    server.HANDLERS = tuple(
+        (regex, {method: download if handler is plain else handler
+                 for method, handler in handlers.items()})
+        for regex, handlers in server.HANDLERS)
+
+
+def _serve(port: int) -> None:
+    from gcp_storage_emulator.server import create_server
+
+    _add_generation_headers()
+    create_server("127.0.0.1", port, in_memory=True).run()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
