@@ -103,6 +103,18 @@ def test_limits(pool):
         assert len(_uid_procs(isolation.sandbox_uid(got["pid"]))) == 1 + got["forked"]
 
 
+def test_cpu_limit_without_the_pool_deadline():
+    """With the pool's deadline out of the way, the kernel's per-sample RLIMIT_CPU ends a
+    worker that spins: about timeout_s + 2 CPU seconds."""
+    verifiers.register("hostile", hostile, isolated=True)
+    with VerifierPool(num_workers=1, kill_grace_s=120.0) as p:
+        p.isolation("hostile")
+        t = time.monotonic()
+        info = p.score("hostile", ["spin"], [{}], timeout_s=0.5).infos[0]
+        assert info["status"] == "crash" and "died" in info["detail"]
+        assert time.monotonic() - t < 60.0
+
+
 def test_forged_reward_and_replies():
     opts = {"correct_reward": 1.0, "failure_reward": 0.0}
     assert info_from_outcome(["r", 1e9], opts, isolated=True)["status"] == "crash"

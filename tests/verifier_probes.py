@@ -63,6 +63,9 @@ def hostile(completion, record, **options):
         out = {"forked": _fork_sleepers(20), "pid": os.getpid()}
     elif completion == "memory":
         out["alloc"] = _attempt(lambda: bytearray(4 << 30))
+    elif completion == "spin":  # burns CPU until RLIMIT_CPU stops it
+        while True:
+            pass
     elif completion == "reward":
         return 1e9  # an isolated worker may only report verdicts
     elif completion == "forge_progress":

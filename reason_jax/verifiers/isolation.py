@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import resource
 import signal
@@ -165,12 +166,11 @@ def isolate_worker(memory_mb: int) -> dict:
 
 def limit_cpu(timeout_s: float) -> None:
     """Per-sample CPU limit of an isolated worker: SIGXCPU (which kills it) once this sample
-    used ``ceil(timeout_s) + 2`` CPU seconds. The hard limit stays unlimited so a long-lived
-    worker can set it again for the next sample; the pool's wall-clock deadline comes first
-    and is the binding one."""
+    used about ``timeout_s + 2`` CPU seconds (the limit is whole seconds of the process's
+    total). The hard limit stays unlimited so a long-lived worker can set it again for the
+    next sample; the pool's wall-clock deadline comes first and is the binding one."""
     used = resource.getrusage(resource.RUSAGE_SELF)
-    spent = used.ru_utime + used.ru_stime
-    soft = int(spent + timeout_s) + 3
+    soft = math.ceil(used.ru_utime + used.ru_stime + timeout_s) + 2
     resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
 
 

@@ -167,8 +167,7 @@ def prepare() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)  # timeouts etc. are ours to report
     signal.signal(signal.SIGALRM, _on_alarm)
     for gold, pred in _WARM_UP:
-        for extraction in (EXTRACTION, ("latex",), ("expr",)):
-            _judge(gold, pred, _configs(extraction), 30.0, {})
+        _judge(gold, pred, _configs(EXTRACTION), 30.0, {})
 
 
 verify.prepare = prepare

@@ -244,6 +244,8 @@ class VerifierPool:
         """What the isolated workers of verifier ``name`` reported at start-up (which layers
         are on; see :func:`reason_jax.verifiers.isolation.isolate_worker`), starting them and
         waiting for the first if needed. None for a verifier that is not isolated."""
+        if self._closed:
+            raise RuntimeError("VerifierPool is closed")
         path = resolve_path(name)
         if not is_isolated(path):
             return None
