@@ -28,14 +28,19 @@ def is_remote(path) -> bool:
     return "://" in os.fspath(path)
 
 
-def as_path(path) -> epath.Path:
-    """`path` as an epath.Path; local paths are made absolute (a relative one would move with
-    the working directory of a later process)."""
+def _epath(path) -> epath.Path:
     if isinstance(path, epath.Path) or is_remote(path):
-        if os.fspath(path).startswith("gs://"):
-            _require_gcsfs()
         return epath.Path(path)
     return epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def as_path(path) -> epath.Path:
+    """`path` as an epath.Path, for reading or writing; local paths are made absolute (a
+    relative one would move with the working directory of a later process)."""
+    p = _epath(path)
+    if os.fspath(p).startswith("gs://"):
+        _require_gcsfs()
+    return p
 
 
 @functools.cache
@@ -49,8 +54,8 @@ def _require_gcsfs() -> None:
 
 def join(path, *parts: str) -> str:
     """String form of `path / parts...`, keeping a `gs://` prefix intact (os.path.join and
-    abspath would turn it into a local directory named `gs:`)."""
-    return os.fspath(as_path(path).joinpath(*parts))
+    abspath would turn it into a local directory named `gs:`). Text only: no client needed."""
+    return os.fspath(_epath(path).joinpath(*parts))
 
 
 def exists(path) -> bool:

@@ -62,6 +62,22 @@ def test_path_helpers_on_a_bucket(gcs_bucket, in_tmp_cwd):
         paths.require_local(run, "memory maps")
 
 
+def test_missing_gcsfs_is_named_at_the_first_bucket_access(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gcsfs" else real(name, *a))
+    paths._require_gcsfs.cache_clear()
+    try:
+        assert paths.join("gs://bkt/run", "x.json") == "gs://bkt/run/x.json"  # text only
+        with pytest.raises(ImportError, match=r"pip install 'reason-jax\[gcs\]'"):
+            paths.exists("gs://bkt/run/x.json")
+        assert paths.as_path("local/dir").is_absolute()
+    finally:
+        paths._require_gcsfs.cache_clear()
+
+
 def test_prompt_files_from_a_bucket(gcs_bucket, in_tmp_cwd):
     from reason_jax.data.prompts import load_prompts
 
