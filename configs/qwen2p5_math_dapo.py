@@ -44,6 +44,7 @@ def get_config(arg: str | None = None):
     c.rollout.temperature = 1.0
 
     c.verifier.name = "math"
+    c.verifier.answer_format = "answer_line"  # the prompt asks for a last "Answer:" line
     c.verifier.timeout_s = 10.0
     c.verifier.num_workers = 16
 

@@ -156,3 +156,15 @@ def test_validate_rejects_bad_rl_values():
                             ("rl.filter_metric=score", "filter_metric")]:
         with pytest.raises(ConfigError, match=match):
             validate(load_config(None, [override]))
+
+
+def test_answer_format_option():
+    from reason_jax.config.resolve import verifier_options
+
+    assert verifier_options(load_config(None, [])) == {}
+    cfg = load_config("configs/qwen2p5_math_dapo.py")
+    assert verifier_options(cfg) == {"answer_format": "answer_line"}
+    two = load_config(None, ["verifier.answer_format=boxed,answer_line"])
+    assert verifier_options(two) == {"answer_format": ("boxed", "answer_line")}
+    with pytest.raises(ConfigError, match="answer_format"):
+        validate(load_config(None, ["verifier.answer_format=latex"]))

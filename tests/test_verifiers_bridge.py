@@ -152,3 +152,14 @@ def test_workers_die_with_parent():
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids)
+
+
+def test_bare_float_counts_as_correct_only_at_full_credit():
+    """Graded rewards (a verifier returning a bare float): the reward passes through, but only
+    full credit is "ok", so accuracy (and dynamic sampling's accuracy filter) stays meaningful."""
+    from reason_jax.verifiers.base import compose
+
+    half, full = compose(0.5, {}), compose(1.0, {})
+    assert (half["status"], half["reward"]) == ("wrong", 0.5)
+    assert (full["status"], full["reward"]) == ("ok", 1.0)
+    assert compose(0.9, {"correct_reward": 0.9})["status"] == "ok"

@@ -175,6 +175,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         fail(f"data.task={cfg.data.task!r} is not one of countdown, jsonl, parquet, seqio")
     if cfg.data.task in ("jsonl", "parquet") and not cfg.data.path:
         fail(f"data.task={cfg.data.task!r} needs data.path")
+    if cfg.verifier.answer_format:
+        from reason_jax.verifiers.answer_formats import FORMATS
+
+        bad = [f for f in cfg.verifier.answer_format.split(",") if f.strip() not in FORMATS]
+        if bad:
+            fail(f"verifier.answer_format: {bad} not in {list(FORMATS)}")
     if cfg.data.task != "countdown" and not (cfg.data.tokenizer or cfg.model.init_from):
         fail(f"data.task={cfg.data.task!r} needs a tokenizer: set data.tokenizer (a "
              "tokenizer.json or .model file) or model.init_from (an import-hf folder carries "

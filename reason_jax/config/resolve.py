@@ -52,3 +52,13 @@ def rl_optimizer(cfg):
     updates = max(cfg.steps, 1) * step.ppo_epochs * step.num_minibatches
     return make_optimizer(o.lr, o.warmup_steps, updates, o.schedule, o.weight_decay, o.b1, o.b2,
                           o.grad_clip)
+
+
+def verifier_options(cfg) -> dict:
+    """Options every scoring call passes to the verifier (training and eval alike):
+    `verifier.answer_format` demands an answer format ("boxed", "answer_line",
+    "boxed,answer_line": the first found wins); empty leaves extraction to the verifier."""
+    fmt = tuple(f.strip() for f in cfg.verifier.answer_format.split(",") if f.strip())
+    if not fmt:
+        return {}
+    return {"answer_format": fmt[0] if len(fmt) == 1 else fmt}

@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.verifier.timeout_s = 5.0
     c.verifier.num_workers = 2
     c.verifier.format_reward = 0.0
+    # math: demand an answer format (boxed | answer_tag | answer_line | gsm8k, or a comma
+    # list); empty: math-verify's own extraction (last \boxed, then the last LaTeX/expression).
+    c.verifier.answer_format = ""
 
     # `rl.algo` picks a preset (a reason_jax.rl.StepConfig); every other `rl` key is None
     # ("the preset's value") unless a config or an override sets it, and then it wins. The

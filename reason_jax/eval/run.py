@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from reason_jax import paths
+from reason_jax.config.resolve import verifier_options
 from reason_jax.eval.metrics import summarise
 from reason_jax.sampling import generate
 from reason_jax.sharding.host_arrays import to_local
@@ -59,17 +60,18 @@ def score_policy(run, params, pool, *, greedy: bool = True) -> dict[str, Any]:
     results = []
     T = cfg.rollout.max_new_tokens
     timeout = cfg.verifier.timeout_s
+    opts = verifier_options(cfg)
     for i in range(0, len(records), bs):
         chunk = records[i: i + bs]
         sampled = _generate_rows(run, params, chunk, n=e.k, temperature=e.temperature,
                                  top_p=e.top_p, max_new_tokens=T, seed=cfg.seed + 1000 + i)
         rec_k = [r for r in chunk for _ in range(e.k)]
-        s = pool.score(run.task.verifier, sampled, rec_k, timeout_s=timeout)
+        s = pool.score(run.task.verifier, sampled, rec_k, timeout_s=timeout, **opts)
         g = None
         if greedy:
             texts = _generate_rows(run, params, chunk, n=1, temperature=0.0, top_p=1.0,
                                    max_new_tokens=T, seed=0)
-            g = pool.score(run.task.verifier, texts, chunk, timeout_s=timeout)
+            g = pool.score(run.task.verifier, texts, chunk, timeout_s=timeout, **opts)
         for j, _ in enumerate(chunk):
             if i + j >= n_real:
                 break

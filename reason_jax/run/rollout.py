@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from reason_jax import rl
+from reason_jax.config.resolve import verifier_options
 from reason_jax.data.bucketing import bucket_length
 from reason_jax.rl import StepConfig
 from reason_jax.sampling import generate
@@ -60,7 +61,7 @@ def score_batch(task: Task, cfg, step_cfg: StepConfig, pool, host, records):
     result = pool.score(task.verifier, completions, records_N, timeout_s=cfg.verifier.timeout_s,
                         correct_reward=r.reward_correct, wrong_reward=r.reward_incorrect,
                         failure_reward=r.reward_incorrect,
-                        format_reward=cfg.verifier.format_reward)
+                        format_reward=cfg.verifier.format_reward, **verifier_options(cfg))
     rewards_N = np.asarray(result.rewards, np.float32)
     if r.overlong_shaping:
         max_len = cfg.rollout.max_new_tokens

@@ -1,7 +1,7 @@
 """The verifier contract: statuses, verdicts and reward composition.
 
 A verifier is a plain function ``fn(completion: str, record: Mapping, **options) -> Verdict``
-(it may also return a bare float, taken as the reward with status ``ok``). The bridge turns a
+(it may also return a bare float: the reward as is, status ``ok`` only at full credit). The bridge turns a
 verdict into a reward and a per-sample ``info`` dict with :func:`compose`. This module is
 stdlib-only and must never import JAX: it is imported by the verifier worker processes.
 """
@@ -69,8 +69,12 @@ def compose(verdict: Any, options: Mapping[str, Any]) -> dict:
     With ``all_or_nothing=True`` a fraction below 1 counts as 0.
     """
     if isinstance(verdict, (int, float)) and not isinstance(verdict, bool):
+        # A bare float is the reward as is (graded verifiers). It counts as correct only at
+        # full credit: "ok" for any float would make accuracy 1 for every sample and blind
+        # dynamic sampling's accuracy filter.
         r = float(verdict)
-        return {"status": OK, "reward": r, "extracted": None,
+        full = r >= float(options.get("correct_reward", 1.0))
+        return {"status": OK if full else WRONG, "reward": r, "extracted": None,
                 "components": {"correctness": r, "format": 0.0}, "detail": ""}
     if not isinstance(verdict, Verdict):
         raise TypeError(f"verifier returned {type(verdict).__name__}, expected Verdict or float")
