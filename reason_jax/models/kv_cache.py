@@ -108,6 +108,18 @@ class KVCache:
         return self.replace(slot_prompt_R=jnp.where(take_R, prompt_R, self.slot_prompt_R),
                             slot_fed_R=jnp.where(take_R, 0, self.slot_fed_R))
 
+    def select_slots(self, index_R) -> "KVCache":
+        """A cache of the slots `index_R` (shard-local indices, one block per shard) in that
+        order: their ring rows, prompts and fed counts move with them; ring columns keep their
+        ages (the step counter is shared)."""
+        def take(x_R):
+            return gather_rows(x_R, index_R, self.shards)
+
+        return self.replace(k_RKHT=tuple(take(a) for a in self.k_RKHT),
+                            v_RKTH=tuple(take(a) for a in self.v_RKTH),
+                            slot_prompt_R=take(self.slot_prompt_R),
+                            slot_fed_R=take(self.slot_fed_R), group_size=0)
+
     def prefix_for_slots(self, layer: int):
         """This layer's prefix rows of each slot's prompt: keys `[R, K, H, S]`, values
         `[R, K, S, H]`, validity `[R, S]`. A gather within each shard's block."""

@@ -66,7 +66,8 @@ class SampleOutput:
     truncated: jnp.ndarray  # [N] bool: stopped at its token limit without an EOS
     prompt_tokens: jnp.ndarray  # [N, S] int32, left-padded (S is the bucket)
     prompt_valid: jnp.ndarray  # [N, S] bool
-    decode_steps: jnp.ndarray  # int32 scalar: iterations of the decode loop
+    decode_steps: jnp.ndarray  # int32 scalar: decode steps (loop iterations, all phases)
+    slot_steps: jnp.ndarray  # int32 scalar: sum over decode steps of the slots decoded
     num_slots: int = flax.struct.field(pytree_node=False, default=0)  # R
 
 
@@ -92,6 +93,18 @@ class SamplingParams:
         """P: contiguous blocks of prompts, samples and slots, one per data-parallel shard."""
         return math.prod(self.mesh.shape[a] for a in self.data_axes) if self.mesh else 1
 
+    def phase_slots(self, num_samples: int) -> tuple[int, ...]:
+        """Slot counts of the decode phases. Lock-step (R = N): one phase. Otherwise, once the
+        queue is empty and at most half the slots are live, the live samples move into half
+        as many slots: R, R/2, R/4, R/8 (multiples of the shards), so the tail of long
+        samples does not keep paying for R slots."""
+        P, out = self.shards, [self.num_slots]
+        if self.num_slots >= num_samples:
+            return tuple(out)
+        while len(out) < 4 and out[-1] // 2 >= P and (out[-1] // 2) % P == 0:
+            out.append(out[-1] // 2)
+        return tuple(out)
+
     def constrain(self, x, *rest_spec):
         """Split `x`'s leading dimension over the data axes (no-op on one device)."""
         if self.mesh is None:
@@ -108,10 +121,12 @@ class SamplingState:
     Slot r belongs to shard r // Rp; `sample_R` numbers samples within the shard (global n =
     shard * Np + sample). A slot is *live* while its sample has not ended; it then holds the
     sample's last token (the next decode input), and the sample has `cache.slot_fed_R[r] + 1`
-    tokens, all but the last in the cache's ring. Per-sample outputs are written as tokens
-    are drawn; `lengths_N` is set when a sample ends."""
+    tokens, all but the last in the cache's ring. Tokens and log-probs are written per sample
+    as they are drawn; nothing is written after a sample ends, so its length is read off its
+    tokens at the end (the first EOS id, else its limit)."""
 
     step: jnp.ndarray  # int32: decode steps done
+    slot_steps: jnp.ndarray  # int32: sum over steps of the slots decoded (R of each phase)
     cache: KVCache  # prefix table and ring; also each slot's prompt and fed-token count
     sample_R: jnp.ndarray  # int32 [R]: the slot's sample (shard-local)
     token_R: jnp.ndarray  # int32 [R]: the slot's last token
@@ -119,8 +134,6 @@ class SamplingState:
     next_P: jnp.ndarray  # int32 [P]: each shard's first sample not yet started (its queue)
     tokens_NT: jnp.ndarray  # int32, pad until written
     logprobs_NT: jnp.ndarray  # float32, 0 until written
-    lengths_N: jnp.ndarray  # int32, 0 until the sample ends
-    eos_N: jnp.ndarray  # bool: the sample ended with an EOS id
 
 
 def left_align(tokens_BS, lengths_B, pad_id):
@@ -136,79 +149,93 @@ def left_align(tokens_BS, lengths_B, pad_id):
 
 
 class _Loop:
-    """The pieces of one sampler program (closed over by the jitted function only)."""
+    """The pieces of one sampler program (closed over by the jitted function only). Slot
+    counts come from the state's shapes: they shrink from phase to phase."""
 
     def __init__(self, sp: SamplingParams, model, key, temperature, top_p, lengths_B,
-                 limit_N, first_logits_BV):
+                 limit_N, first_logits_BV, constrain_cache):
         self.sp, self.model, self.key = sp, model, key
         self.temperature, self.top_p = temperature, (top_p if sp.use_top_p else None)
         self.lengths_B, self.limit_N, self.first_logits_BV = lengths_B, limit_N, first_logits_BV
-        self.P, self.G, self.T, self.R = sp.shards, sp.group_size, sp.max_new_tokens, \
-            sp.num_slots
+        self.constrain_cache = constrain_cache
+        self.P, self.G, self.T = sp.shards, sp.group_size, sp.max_new_tokens
         self.N = limit_N.shape[0]
-        self.Np, self.Rp = self.N // self.P, self.R // self.P
+        self.Np = self.N // self.P
         self.eos = jnp.asarray(sp.eos_ids or (-1,), jnp.int32)
-        self.shard_R = jnp.arange(self.R, dtype=jnp.int32) // self.Rp
 
     def draw(self, sample_R, t_R, logits_RV):
-        keys = sample_keys(self.key, self.shard_R * self.Np + sample_R, t_R)
+        R = sample_R.shape[0]
+        shard_R = jnp.arange(R, dtype=jnp.int32) // (R // self.P)
+        keys = sample_keys(self.key, shard_R * self.Np + sample_R, t_R)
         return sample_tokens(keys, logits_RV, temperature=self.temperature,
                              top_k=self.sp.top_k, top_p=self.top_p)
 
-    def _scatter(self, buf_N, write_R, sample_R, values_R, t_R=None):
-        """buf[sample, (t)] = value for the slots in write_R, within each shard."""
-        P, Np, Rp = self.P, self.Np, self.Rp
-        j_PR = jnp.where(write_R, sample_R, Np).reshape(P, Rp)  # Np: out of range, dropped
-        blocks = buf_N.reshape(P, Np, *buf_N.shape[1:])
-        v_PR = values_R.reshape(P, Rp)
-        if t_R is None:
-            out = jax.vmap(lambda b, j, v: b.at[j].set(v, mode="drop"))(blocks, j_PR, v_PR)
-        else:
-            out = jax.vmap(lambda b, j, t, v: b.at[j, t].set(v, mode="drop"))(
-                blocks, j_PR, t_R.reshape(P, Rp), v_PR)
-        return self.sp.constrain(out.reshape(buf_N.shape))
+    def _scatter(self, buf_NT, write_R, sample_R, t_R, values_R):
+        """buf[sample, t] = value for the slots in write_R, within each shard."""
+        P, Np = self.P, self.Np
+        j_PR = jnp.where(write_R, sample_R, Np).reshape(P, -1)  # Np: out of range, dropped
+        out = jax.vmap(lambda b, j, t, v: b.at[j, t].set(v, mode="drop"))(
+            buf_NT.reshape(P, Np, -1), j_PR, t_R.reshape(P, -1), values_R.reshape(P, -1))
+        return self.sp.constrain(out.reshape(buf_NT.shape))
 
-    def record(self, st: SamplingState, write_R, t_R, tok_R, logp_R) -> SamplingState:
-        """Store token t of the slots in write_R; end samples on EOS or their limit."""
-        limit_R = gather_rows(self.limit_N, st.sample_R, self.P)
+    def record(self, parts, sample_R, write_R, t_R, tok_R, logp_R):
+        """Store token t of the slots in write_R; a slot's sample ends on an EOS id or at its
+        limit. `parts` = (tokens_NT, logprobs_NT, live_R, token_R) of the state."""
+        tokens_NT, logprobs_NT, live_R, token_R = parts
+        limit_R = gather_rows(self.limit_N, sample_R, self.P)
         eos_R = jnp.any(tok_R[:, None] == self.eos[None, :], -1)
-        ended_R = write_R & (eos_R | (t_R + 1 >= limit_R))
-        return st.replace(
-            tokens_NT=self._scatter(st.tokens_NT, write_R, st.sample_R, tok_R, t_R),
-            logprobs_NT=self._scatter(st.logprobs_NT, write_R, st.sample_R, logp_R, t_R),
-            lengths_N=self._scatter(st.lengths_N, ended_R, st.sample_R, t_R + 1),
-            eos_N=self._scatter(st.eos_N, ended_R, st.sample_R, eos_R),
-            live_R=jnp.where(write_R, ~ended_R, st.live_R),
-            token_R=jnp.where(write_R, tok_R, st.token_R),
-        )
+        ended_R = eos_R | (t_R + 1 >= limit_R)
+        return (self._scatter(tokens_NT, write_R, sample_R, t_R, tok_R),
+                self._scatter(logprobs_NT, write_R, sample_R, t_R, logp_R),
+                jnp.where(write_R, ~ended_R, live_R),
+                jnp.where(write_R, tok_R, token_R))
 
     def refill(self, st: SamplingState) -> SamplingState:
         """Every free slot takes its shard's next waiting sample and draws the sample's first
-        token from the prompt's prefill logits."""
-        P, Rp, Np, R = self.P, self.Rp, self.Np, self.R
-        free_PR = ~st.live_R.reshape(P, Rp)
+        token from the prompt's prefill logits (skipped, in a `lax.cond`, on steps where no
+        slot takes a sample: every step of lock-step decoding but the first)."""
+        P, Np, R = self.P, self.Np, st.live_R.shape[0]
+        free_PR = ~st.live_R.reshape(P, -1)
         j_PR = st.next_P[:, None] + jnp.cumsum(free_PR, axis=1) - 1
         take_PR = free_PR & (j_PR < Np)
         take_R, j_R = take_PR.reshape(R), j_PR.reshape(R)
         sample_R = jnp.where(take_R, j_R, st.sample_R)
         prompt_R = sample_R // self.G
-        st = st.replace(
+
+        def first_tokens(parts):
+            logits_RV = gather_rows(self.first_logits_BV, prompt_R, P)
+            t_R = jnp.zeros((R,), jnp.int32)
+            tok_R, logp_R = self.draw(sample_R, t_R, logits_RV)
+            return self.record(parts, sample_R, take_R, t_R, tok_R, logp_R)
+
+        parts = jax.lax.cond(jnp.any(take_R), first_tokens, lambda parts: parts,
+                             (st.tokens_NT, st.logprobs_NT, st.live_R, st.token_R))
+        return st.replace(
             sample_R=sample_R,
             next_P=jnp.minimum(st.next_P + free_PR.sum(1), Np),
-            cache=st.cache.assign(take_R, prompt_R))
+            cache=st.cache.assign(take_R, prompt_R),
+            **dict(zip(("tokens_NT", "logprobs_NT", "live_R", "token_R"), parts)))
 
-        def first_tokens():
-            logits_RV = gather_rows(self.first_logits_BV, prompt_R, P)
-            return self.draw(sample_R, jnp.zeros((R,), jnp.int32), logits_RV)
-
-        def none():
-            return jnp.zeros((R,), jnp.int32), jnp.zeros((R,), jnp.float32)
-
-        tok_R, logp_R = jax.lax.cond(jnp.any(take_R), first_tokens, none)
-        return self.record(st, take_R, jnp.zeros((R,), jnp.int32), tok_R, logp_R)
-
-    def cond(self, st: SamplingState):
+    def running(self, st: SamplingState):
         return jnp.any(st.live_R) | jnp.any(st.next_P < self.Np)
+
+    def fits(self, st: SamplingState, slots: int):
+        """Every shard's queue is empty and its live samples fit in slots / P slots."""
+        live_P = st.live_R.reshape(self.P, -1).sum(1)
+        return jnp.all(st.next_P >= self.Np) & jnp.all(live_P <= slots // self.P)
+
+    def compact(self, st: SamplingState, slots: int) -> SamplingState:
+        """Move each shard's live samples (and their ring rows) into `slots` slots."""
+        P = self.P
+        order_PR = jnp.argsort(~st.live_R.reshape(P, -1), axis=1, stable=True)
+        keep_R = order_PR[:, :slots // P].reshape(slots)
+
+        def take(x_R):
+            return self.sp.constrain(gather_rows(x_R, keep_R, P))
+
+        return st.replace(cache=self.constrain_cache(st.cache.select_slots(keep_R)),
+                          sample_R=take(st.sample_R), token_R=take(st.token_R),
+                          live_R=take(st.live_R))
 
     def body(self, st: SamplingState) -> SamplingState:
         cache = st.cache
@@ -216,9 +243,26 @@ class _Loop:
         logits_RV, cache = self.model.decode(st.token_R, prompt_len_R + cache.slot_fed_R, cache)
         t_R = cache.slot_fed_R  # the index of the token drawn now
         tok_R, logp_R = self.draw(st.sample_R, t_R, logits_RV)
-        st = self.record(st.replace(step=st.step + 1, cache=cache), st.live_R, t_R, tok_R,
-                         logp_R)
+        parts = self.record((st.tokens_NT, st.logprobs_NT, st.live_R, st.token_R), st.sample_R,
+                            st.live_R, t_R, tok_R, logp_R)
+        st = st.replace(step=st.step + 1, slot_steps=st.slot_steps + st.live_R.shape[0],
+                        cache=cache,
+                        **dict(zip(("tokens_NT", "logprobs_NT", "live_R", "token_R"), parts)))
         return self.refill(st)
+
+    def decode(self, st: SamplingState, phases: tuple[int, ...]) -> SamplingState:
+        """One `lax.while_loop` per phase; a phase ends when all samples are done or when the
+        live ones fit in the next phase's slots."""
+        for i, slots in enumerate(phases):
+            if i:
+                st = self.compact(st, slots)
+            if i + 1 < len(phases):
+                nxt = phases[i + 1]
+                st = jax.lax.while_loop(
+                    lambda s, nxt=nxt: self.running(s) & ~self.fits(s, nxt), self.body, st)
+            else:
+                st = jax.lax.while_loop(self.running, self.body, st)
+        return st
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -233,38 +277,47 @@ def _sample(sp: SamplingParams, graphdef, state, tokens_BS, lengths_B, limit_N, 
     cache = KVCache.create(k_LBSKH, v_LBSKH, valid_BS, num_slots=R, max_new_tokens=T,
                            shards=sp.shards, group_size=G if R == N else 0,
                            dtype=sp.cache_dtype)
-    if sp.mesh is not None:
-        K = k_LBSKH.shape[3]
-        kv = partition_spec(("kv_heads",), ROLLOUT_RULES, sp.mesh, (K,))[0]
-        cache = cache.replace(k_RKHT=tuple(sp.constrain(a, kv) for a in cache.k_RKHT),
-                              v_RKTH=tuple(sp.constrain(a, kv) for a in cache.v_RKTH))
+    kv = None if sp.mesh is None else partition_spec(("kv_heads",), ROLLOUT_RULES, sp.mesh,
+                                                     (k_LBSKH.shape[3],))[0]
+
+    def constrain_cache(c: KVCache) -> KVCache:
+        """Ring rows over the data axes, KV heads over `tensor` where the rules say so."""
+        return c.replace(k_RKHT=tuple(sp.constrain(a, kv) for a in c.k_RKHT),
+                         v_RKTH=tuple(sp.constrain(a, kv) for a in c.v_RKTH))
+
     limit_N = jnp.full((N,), T, jnp.int32) if limit_N is None else \
         sp.constrain(jnp.clip(limit_N, 1, T).astype(jnp.int32))
-    loop = _Loop(sp, model, key, temperature, top_p, lengths_B, limit_N, logits_BV)
+    loop = _Loop(sp, model, key, temperature, top_p, lengths_B, limit_N, logits_BV,
+                 constrain_cache)
     P = sp.shards
     init = SamplingState(
         step=jnp.zeros((), jnp.int32),
-        cache=cache,
+        slot_steps=jnp.zeros((), jnp.int32),
+        cache=constrain_cache(cache),
         sample_R=sp.constrain(jnp.zeros((R,), jnp.int32)),
         token_R=sp.constrain(jnp.zeros((R,), jnp.int32)),
         live_R=sp.constrain(jnp.zeros((R,), bool)),
         next_P=sp.constrain(jnp.zeros((P,), jnp.int32)),
         tokens_NT=sp.constrain(jnp.full((N, T), sp.pad_id, jnp.int32)),
         logprobs_NT=sp.constrain(jnp.zeros((N, T), jnp.float32)),
-        lengths_N=sp.constrain(jnp.zeros((N,), jnp.int32)),
-        eos_N=sp.constrain(jnp.zeros((N,), bool)),
     )
-    final = jax.lax.while_loop(loop.cond, loop.body, loop.refill(init))
-    mask_NT = jnp.arange(T)[None, :] < final.lengths_N[:, None]
+    final = loop.decode(loop.refill(init), sp.phase_slots(N))
+    # Nothing is written after a sample's first EOS (if pad_id is an EOS id, the pads after
+    # a limit count as one only at or beyond the limit).
+    eos_NT = jnp.any(final.tokens_NT[..., None] == loop.eos, -1)
+    first_eos_N = jnp.min(jnp.where(eos_NT, jnp.arange(T), T), -1)
+    lengths_N = jnp.minimum(first_eos_N + 1, limit_N)
+    mask_NT = jnp.arange(T)[None, :] < lengths_N[:, None]
     return SampleOutput(
         tokens=final.tokens_NT,
         logprobs=final.logprobs_NT,
         mask=mask_NT,
-        lengths=final.lengths_N,
-        truncated=~final.eos_N,
+        lengths=lengths_N,
+        truncated=first_eos_N >= limit_N,
         prompt_tokens=jnp.repeat(left_BS, G, axis=0),
         prompt_valid=jnp.repeat(valid_BS, G, axis=0),
         decode_steps=final.step,
+        slot_steps=final.slot_steps,
         num_slots=R,
     )
 
@@ -309,10 +362,24 @@ def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int 
         (`memory.slots_for_kv_budget`). With `max_rows` too, the smaller R wins.
       max_lengths: optional per-sample token limits `[N]` (<= max_new_tokens); a sample that
         reaches its limit stops there, as at max_new_tokens (benchmarks force long-tailed
-        lengths with it).
+        lengths with it). Calls with and without it compile separately.
     Returns:
       `SampleOutput`; `num_slots` is the R used and `decode_steps` the loop's iterations.
     """
+    return _sample(*_prepare(**locals()))  # locals(): exactly the arguments, at this point
+
+
+def lower_generate(model: Any, prompt_tokens_BS, prompt_lengths_B, **kwargs):
+    """The `jax.stages.Lowered` program that `generate` runs with the same arguments (for its
+    compiled memory or HLO)."""
+    return _sample.lower(*_prepare(model, prompt_tokens_BS, prompt_lengths_B, **kwargs))
+
+
+def _prepare(model, prompt_tokens_BS, prompt_lengths_B, *, group_size=1, max_new_tokens,
+             temperature=1.0, top_k=None, top_p=None, eos_ids=(), seed=0, pad_id=0,
+             buckets=None, cache_dtype=None, max_rows=None, kv_cache_gb=None,
+             max_lengths=None) -> tuple:
+    """`generate`'s arguments -> the arguments of `_sample` (static `SamplingParams` first)."""
     if isinstance(model, tuple):
         graphdef, state = model
     else:
@@ -355,5 +422,5 @@ def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int 
         use_top_p=top_p is not None, eos_ids=tuple(int(e) for e in eos_ids),
         pad_id=int(pad_id), cache_dtype=jnp.dtype(cache_dtype).name, mesh=mesh,
         data_axes=data_axes)
-    return _sample(sp, graphdef, state, jnp.asarray(tokens, jnp.int32), lengths, limit_N, key,
-                   jnp.float32(temperature), jnp.float32(top_p if top_p is not None else 1.0))
+    return (sp, graphdef, state, jnp.asarray(tokens, jnp.int32), lengths, limit_N, key,
+            jnp.float32(temperature), jnp.float32(top_p if top_p is not None else 1.0))
