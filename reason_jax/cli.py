@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dry-run", action="store_true",
                    help="train-step: print per-device memory estimates without running")
     b.add_argument("--no-hf", action="store_true", help="sampler: skip the transformers baseline")
+    b.add_argument("--lengths", default=None, metavar="SPEC",
+                   help="sampler: force per-sample lengths, e.g. "
+                        "lognormal:median=128,sigma=0.8,max=512 or 64,512,128")
+    b.add_argument("--max-rows", type=int, default=None, metavar="R",
+                   help="sampler: decode slots of the continuous-batching run (default "
+                        "rollout.max_rows, else N/4)")
     b.add_argument("--iters", type=int, default=3)
     b.set_defaults(fn=cmd_bench)
     return p
