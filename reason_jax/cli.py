@@ -7,6 +7,7 @@
   import-hf  HF config.json + safetensors -> reason-jax checkpoint
   export-hf  reason-jax checkpoint -> HF safetensors + config.json
   bench      sampler | train-step | rl-step | verifier: one JSON object of measurements
+  sweep      every --grid point x seed, evaluated: results.md, results.csv, sweep.png
 """
 
 from __future__ import annotations
@@ -124,6 +125,28 @@ def cmd_bench(args, overrides):
     print(json.dumps(result))
 
 
+def cmd_sweep(args, overrides):
+    from reason_jax.sweep import sweep
+
+    launch = {"name": args.tpu_name, "zone": args.zone, "accelerator": args.accelerator,
+              "extra": tuple(args.launch_arg)}
+    out = sweep(args.config, overrides, args.grid, args.seeds, _workdir(args, "runs/sweep"),
+                jobs=args.jobs, report_only=args.report_only, print_launch=args.print_launch,
+                launch=launch)
+    if args.print_launch:
+        print(f"# {out['runs']} runs: one pod slice each (train, eval --step 0, eval); then "
+              "`reason-jax sweep ... --report-only` with the same arguments")
+        if "://" not in _workdir(args, "runs/sweep"):
+            print("# note: the --workdir is local, i.e. a folder on each slice's VMs; give a "
+                  "gs:// bucket path to collect the results")
+        print("\n".join(out["launch"]))
+        return
+    print(json.dumps(out, indent=2))
+    if out["failed"]:
+        raise SystemExit(f"reason-jax sweep: {len(out['failed'])} run(s) failed; their logs "
+                         "are named above")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reason-jax",
@@ -181,6 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "rollout.max_rows, else N/4)")
     b.add_argument("--iters", type=int, default=3)
     b.set_defaults(fn=cmd_bench)
+
+    w = sub.add_parser("sweep", help="grid x seeds of runs, evaluated -> results.md/.csv, "
+                                     "sweep.png (resumable)")
+    _config_args(w)
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and its values (repeatable: the runs are the product)")
+    w.add_argument("--seeds", default="1", help="K (seeds 0..K-1) or a list, e.g. 0,3,7")
+    w.add_argument("--jobs", type=int, default=1,
+                   help="local runs in parallel, each pinned to its share of the CPU cores")
+    w.add_argument("--report-only", action="store_true",
+                   help="only write results.md/.csv and sweep.png from what the runs hold")
+    w.add_argument("--print-launch", action="store_true",
+                   help="print one `python launch/tpu.py run` command per run instead")
+    w.add_argument("--tpu-name", default="NAME",
+                   help="--print-launch: queued-resource name prefix (run i -> NAME-i)")
+    w.add_argument("--zone", default="ZONE", help="--print-launch: e.g. us-east5-a")
+    w.add_argument("--accelerator", default="ACCELERATOR", help="--print-launch: e.g. v5p-32")
+    w.add_argument("--launch-arg", action="append", default=[], metavar="ARG",
+                   help="--print-launch: passed to tpu.py run as is (repeatable), e.g. "
+                        "--launch-arg=--spot --launch-arg=--retries=3")
+    w.set_defaults(fn=cmd_sweep)
     return p
 
 
