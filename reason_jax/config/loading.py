@@ -148,6 +148,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     r, ro = step_cfg, cfg.rollout
     if ro.group_size < 1:
         fail(f"rollout.group_size={ro.group_size} must be >= 1")
+    if ro.group_size == 1 and r.adv_estimator == "passk":
+        fail("rl.adv_estimator='passk' compares each sample with the rest of its group; use "
+             "rollout.group_size >= 2")
     if ro.group_size == 1 and r.std != "none":
         fail("rollout.group_size=1 with rl.std normalisation: a group of one has no spread; "
              "use group_size >= 2 or rl.std='none'")

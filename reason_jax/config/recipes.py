@@ -9,7 +9,7 @@ from __future__ import annotations
 from reason_jax.config.schema import base_config
 from reason_jax.rl.presets import ALIASES
 
-VARIANTS = ("grpo", "dapo", "drgrpo", "gspo")
+VARIANTS = ("grpo", "dapo", "drgrpo", "gspo", "cispo")
 
 
 def countdown(variant: str | None = None):

@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     # ("the preset's value") unless a config or an override sets it, and then it wins. The
     # resolved values are written to WORKDIR/config.json (reason_jax.config.resolve).
     c.rl = ml_collections.ConfigDict()
-    c.rl.algo = "dapo"  # grpo | dapo | drgrpo | gspo
+    c.rl.algo = "dapo"  # grpo | dapo | drgrpo | gspo | cispo
     for name, kind in _RL_KEYS.items():
         c.rl[name] = ml_collections.config_dict.placeholder(kind)
 
