@@ -42,7 +42,13 @@ def test_dry_run_from_a_bare_hf_config_json(tmp_path, capsys, monkeypatch):
                      "configs/qwen2p5_math_dapo.py", f"--config.model.init_from={tmp_path}",
                      "--config.rollout.batch_size=8", "--config.rollout.group_size=2",
                      "--config.rollout.max_new_tokens=16", "--config.rl.num_minibatches=1",
-                     "--config.rl.micro_batches=1", "--config.data.buckets=(16,)"]) == 0
+                     "--config.rl.micro_batches=1", "--config.data.buckets=(16,)",
+                     "--config.rollout.kv_cache_gb=0", "--config.rollout.max_rows=8"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["model"]["vocab_size"] == 1000 and r["model"]["num_layers"] == 2
-    assert r["per_device"]["params_bytes"] > 0 and r["per_device"]["kv_cache_bytes"] > 0
+    pd = r["per_device"]
+    assert pd["params_bytes"] > 0 and pd["kv_cache_bytes"] > 0
+    # R = 8 decode slots for N = 16 samples: the ring is half the lock-step one.
+    assert r["R"] == 8
+    prefix = pd["kv_cache_prefix_bytes"]
+    assert 2 * pd["kv_cache_decode_bytes"] == pd["kv_cache_lock_step_bytes"] - prefix

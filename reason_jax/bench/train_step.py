@@ -273,7 +273,7 @@ def dry_run(cfg, args=None, overrides=()) -> dict:
     params_b = common.tree_shard_bytes(abstract_params, train_specs, sizes)
     rollout_params_b = common.tree_shard_bytes(abstract_params, rollout_specs, sizes)
     opt_b = common.optimizer_shard_bytes(optimizer, abstract_params, train_specs, sizes)
-    kv = common.kv_cache_shard_bytes(model_cfg, B, G, S, T, sizes)
+    kv, R = _rollout_cache(cfg, model_cfg, B, G, S, T, sizes)
     # Gradients are accumulated in float32, sharded like the parameters.
     grads_b = common.tree_shard_bytes(
         jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, np.float32), abstract_params),
@@ -297,7 +297,8 @@ def dry_run(cfg, args=None, overrides=()) -> dict:
         "rollout_params_bytes": rollout_params_b,
         "kv_cache_bytes": kv["total_bytes"],
         "kv_cache_prefix_bytes": kv["prefix_bytes"],
-        "kv_cache_decode_bytes": kv["decode_bytes"],
+        "kv_cache_decode_bytes": kv["ring_bytes"],
+        "kv_cache_lock_step_bytes": kv["lock_step_bytes"],
         "activations_bytes": act,
     }
     # Rollout runs while the train state (params + optimizer) stays resident.
@@ -312,7 +313,7 @@ def dry_run(cfg, args=None, overrides=()) -> dict:
         "mesh_devices": ndev,
         "mesh_fits_local_devices": fits,
         "model": {"num_params": num_params, **_model_fields(model_cfg)},
-        "B": B, "G": G, "N": N, "S": S, "T": T,
+        "B": B, "G": G, "N": N, "S": S, "T": T, "R": R,
         "rows_per_device": N // data if N % data == 0 else N / data,
         "per_device": per_device,
         "per_device_gib": {k: (v / 2 ** 30 if v is not None else None)
@@ -321,6 +322,29 @@ def dry_run(cfg, args=None, overrides=()) -> dict:
         "memory_analysis": mem,
         "problems": problems,
     }
+
+
+def _rollout_cache(cfg, model_cfg, B, G, S, T, sizes):
+    """(per-device decode-cache bytes, R) with R resolved from `rollout.max_rows` /
+    `rollout.kv_cache_gb` exactly as the sampler resolves it; also the lock-step (R = N) size
+    for comparison."""
+    from reason_jax.sampling import memory
+    from reason_jax.sharding.rules import BATCH_AXES
+
+    P = math.prod(sizes.get(a, 1) for a in BATCH_AXES)
+    tensor = sizes.get("tensor", 1)
+    shape = dict(batch_size=B, prompt_len=S, max_new_tokens=T, data_shards=P, tensor=tensor,
+                 dtype=model_cfg.dtype)
+    ro = cfg.rollout
+    budget = None
+    if ro.kv_cache_gb:
+        budget = memory.slots_for_kv_budget(model_cfg, ro.kv_cache_gb, group_size=G, **shape)
+    R = memory.resolve_num_slots(B * G, data_shards=P, max_rows=ro.max_rows or None,
+                                 budget_rows=budget)
+    kv = memory.kv_cache_bytes(model_cfg, num_slots=R, **shape)
+    kv["lock_step_bytes"] = memory.kv_cache_bytes(model_cfg, num_slots=B * G, **shape)[
+        "total_bytes"]
+    return kv, R
 
 
 def _abstract_inputs(cfg, policy, optimizer, state_shardings, mesh, N, S, T):
