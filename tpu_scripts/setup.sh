@@ -19,6 +19,7 @@ fi
 PIP=("$REASON_JAX_VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 "${PIP[@]}" "jax[tpu]"
-"${PIP[@]}" -e "$ROOT"
+# [gcs]: gcsfs, so gs:// workdirs, checkpoints and data work (etils.epath, Orbax).
+"${PIP[@]}" -e "$ROOT[gcs]"
 
 "$REASON_JAX_VENV/bin/python" -c "import jax, reason_jax; print('setup ok: jax', jax.__version__)"

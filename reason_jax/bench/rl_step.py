@@ -12,13 +12,13 @@ TensorBoard, no progress bar and no intermediate checkpoints. Times come from th
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
 
 import numpy as np
 
+from reason_jax import paths
 from reason_jax.bench import common
 
 KEYS = ("time/rollout_s", "time/verify_s", "time/reshard_s", "time/train_s", "time/step_s")
@@ -36,7 +36,7 @@ def run(args, overrides) -> dict:
 
     workdir = getattr(args, "workdir", None)
     tmp = None
-    if workdir is not None and os.path.isdir(workdir) and os.listdir(workdir):
+    if workdir is not None and paths.exists(workdir) and any(paths.as_path(workdir).iterdir()):
         raise SystemExit(f"rl-step bench: --workdir {workdir} is not empty (the loop would "
                          f"resume from it); give a new directory or none")
     if workdir is None:

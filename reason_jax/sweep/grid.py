@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import os
 import re
 
 from reason_jax import paths
@@ -125,11 +124,9 @@ def path_name(name: str) -> str:
 
 
 def run_dir(root: str, *parts: str) -> str:
-    """`root/parts...` as text, a `gs://` root kept as is. Unlike paths.join it touches no
-    filesystem, so a sweep can be planned (--print-launch) where gcsfs is not installed."""
-    if paths.is_remote(root):
-        return "/".join([root.rstrip("/"), *parts])
-    return os.path.join(os.path.abspath(root), *parts)
+    """`root/parts...` as text, a `gs://` root kept as is (no client needed, so a sweep can be
+    planned with --print-launch where gcsfs is not installed)."""
+    return paths.join(root, *parts)
 
 
 def plan(grid: list[tuple[str, list[str]]], seeds: list[int], root: str) -> list[SweepRun]:
