@@ -1,7 +1,7 @@
 """The policy model's forward paths agree with each other: prefill + KV-cache decode (one
-token per decode slot; lock-step groups of G rows per prompt, slots gathering their prompt's
-prefix, slots that start samples at different steps around the ring) equals the full forward
-pass; the forward
+token per decode slot; G rows per prompt reading its prefix once in lock-step or by a
+per-slot gather; slots that start samples at different steps around the ring) equals the
+full forward pass; the forward
 pass with parameters sharded over a (data, fsdp, tensor) = (2, 2, 2) mesh equals the
 single-device one; remat changes neither logits nor gradients.
 
@@ -119,16 +119,16 @@ def _prefilled(model, G):
     return k, v, jnp.asarray(valid_BS), new_NT, full, pos_full
 
 
-@pytest.mark.parametrize("group_size, static_groups", [(1, True), (3, True), (3, False)],
+@pytest.mark.parametrize("group_size, lockstep", [(1, True), (3, True), (3, False)],
                          ids=["G1-lockstep", "G3-lockstep", "G3-gathered-prefix"])
-def test_cached_decode_matches_full_forward(jitted, group_size, static_groups):
+def test_cached_decode_matches_full_forward(jitted, group_size, lockstep):
     """All rows start together (one slot per row), token by token, with more ring columns than
     tokens (unwritten columns must stay masked)."""
     model, G = jitted, group_size
     k, v, valid_BS, new_NT, full, pos_full = _prefilled(model, G)
     N = new_NT.shape[0]
     cache = KVCache.create(k, v, valid_BS, num_slots=N, max_new_tokens=NEW + 2,
-                           group_size=G if static_groups else 0)
+                           group_size=G if lockstep else 0)
     cache = cache.assign(jnp.ones(N, bool), jnp.arange(N) // G)
     got = []
     for t in range(NEW):
@@ -139,7 +139,7 @@ def test_cached_decode_matches_full_forward(jitted, group_size, static_groups):
     got = np.stack(got, 1)
     assert int(cache.step) == NEW and (np.asarray(cache.slot_fed_R) == NEW).all()
     d = _max_diff(got, full[:, S:])
-    print(f"\n[cache] G={G} static={static_groups}: decode {d:.2e}")
+    print(f"\n[cache] G={G} lockstep={lockstep}: decode {d:.2e}")
     assert d <= TOL, d
     # The rows of a group really differ (so G>1 tests per-row caches, not a broadcast).
     if G > 1:

@@ -7,7 +7,8 @@ Checked against references that share none of its machinery:
   * returned log-probs == log-softmax of a full forward pass's logits / tau (tau = the sampling
     temperature, 1 for greedy), untruncated, also when sampling with top-k / top-p;
   * seeded sampling is reproducible, differs across seeds and across the rows of a group;
-    top_k=1 and a tiny top_p are greedy;
+    top_k=1 and a tiny top_p are greedy; draws follow the truncated, tempered distribution
+    (token frequencies), from Threefry-2x32 (known-answer vectors) Gumbel noise;
   * EOS: mask/length/truncation/padding after the stop, several EOS ids;
   * no recompilation for new prompts in the same length bucket;
   * sharded over (data, tensor) = (4, 2) and (data, fsdp, tensor) = (2, 2, 2) meshes with the
@@ -29,6 +30,7 @@ from flax import nnx
 from reason_jax.models import from_hf
 from reason_jax.models.config import tiny_llama
 from reason_jax.sampling import generate
+from reason_jax.sampling import processing
 from reason_jax.sampling import sampler as sampler_mod
 from reason_jax.sharding import make_mesh
 from reason_jax.sharding.host_arrays import to_global
@@ -303,6 +305,44 @@ def test_tiny_top_p_is_greedy(params, prompts, greedy):
     out = _gen(params, prompts, temperature=1.0, seed=4, top_k=5, top_p=1e-6)
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
     np.testing.assert_allclose(out.logprobs, greedy.logprobs, atol=1e-6)
+
+
+def test_threefry_known_answers():
+    """The counter-based hash behind every draw is Threefry-2x32-20 (Random123's test
+    vectors, also jax.random's)."""
+    for key, ctr, want in [((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+                           ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+                           ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3),
+                            (0xC4923A9C, 0x483DF7A0))]:
+        got = processing.threefry2x32(*key, *ctr)
+        assert tuple(int(x) for x in got) == want
+
+
+def test_draws_follow_the_truncated_tempered_distribution():
+    """Many samples (different n) of one row of logits: token frequencies match
+    softmax(logits / 0.8) restricted to the top 4 and renormalised; the noise is standard
+    Gumbel and a (key, n, t) counter always gives the same draw."""
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=12) * 1.5, jnp.float32)
+    n_draws = 20000
+    words = processing.key_words(jax.random.key(3))
+    n = jnp.arange(n_draws, dtype=jnp.int32)
+    draw = jax.jit(lambda n, t: processing.sample_tokens(
+        words, n, t, jnp.broadcast_to(logits, (n.shape[0], 12)), temperature=0.8, top_k=4,
+        top_p=None))
+    tok, logp = draw(n, jnp.full_like(n, 5))
+    p = np.asarray(jax.nn.softmax(logits / 0.8))
+    np.testing.assert_allclose(np.asarray(logp), np.log(p[np.asarray(tok)]), rtol=1e-5)
+    top4 = np.argsort(-p)[:4]
+    want = np.zeros(12)
+    want[top4] = p[top4] / p[top4].sum()
+    freq = np.bincount(np.asarray(tok), minlength=12) / n_draws
+    assert np.abs(freq - want).max() < 0.015, (freq, want)
+    again, _ = draw(n[:100], jnp.full((100,), 5, jnp.int32))
+    np.testing.assert_array_equal(again, tok[:100])
+    other, _ = draw(n[:100], jnp.full((100,), 6, jnp.int32))
+    assert not np.array_equal(other, tok[:100])
+    g = np.asarray(processing.gumbel_noise(words, n[:64], jnp.zeros(64, jnp.int32), 4096))
+    assert abs(g.mean() - np.euler_gamma) < 0.01 and abs(g.std() - np.pi / np.sqrt(6)) < 0.02
 
 
 # ---------------------------------------------------------------------------------------------

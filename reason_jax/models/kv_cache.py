@@ -24,9 +24,9 @@ layer out of a stacked cache copies the whole layer every step.
 Sharding: with P data-parallel shards (the mesh's data axes), prompts, samples and slots are
 split into P contiguous blocks; a slot only ever reads prompts of its own block and
 `slot_prompt_R` indexes within that block, so the per-slot prefix gather never crosses
-devices. `group_size > 0` marks the static lock-step layout (R = N, slot r always decodes
-sample r of prompt r // G): attention then reads each prompt's prefix once for its G rows
-instead of gathering it per slot.
+devices. `group_size > 0` marks lock-step decoding (R = N, slot r always decodes a sample of
+prompt r // G): attention then reads each prompt's prefix rows once for its G slots instead
+of gathering a copy per slot.
 
 Dimensions: L layers, B prompts, G group size, N = B*G samples, R slots, S prompt slots,
 T max new tokens (= ring columns), K key/value heads, H head dim, P shards.
@@ -52,7 +52,7 @@ class KVCache:
     slot_prompt_R: jnp.ndarray  # int32: the prompt a slot reads, indexed within its shard
     slot_fed_R: jnp.ndarray  # int32: tokens of the slot's current sample already in the ring
     shards: int = flax.struct.field(pytree_node=False, default=1)  # P
-    group_size: int = flax.struct.field(pytree_node=False, default=0)  # > 0: static lock-step
+    group_size: int = flax.struct.field(pytree_node=False, default=0)  # > 0: lock-step
 
     @classmethod
     def create(cls, k_LBSKH, v_LBSKH, valid_BS, *, num_slots: int, max_new_tokens: int,
@@ -65,7 +65,7 @@ class KVCache:
             raise ValueError(f"{B} prompts and {num_slots} slots must split into {shards} "
                              "shards")
         if group_size and num_slots != B * group_size:
-            raise ValueError(f"static lock-step needs one slot per sample ({B * group_size}), "
+            raise ValueError(f"lock-step needs one slot per sample ({B * group_size}), "
                              f"got {num_slots}")
         T = int(max_new_tokens)
         return cls(

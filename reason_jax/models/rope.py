@@ -39,12 +39,20 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
     return inv_freq.astype(np.float32)
 
 
-def apply_rope(x_BTQH: jnp.ndarray, positions_BT: jnp.ndarray, inv_freq_P: np.ndarray) -> jnp.ndarray:
-    """Rotate pairs (i, i + H/2) of every head by angle position * inv_freq[i]."""
+def rope_cos_sin(positions_BT: jnp.ndarray, inv_freq_P: np.ndarray):
+    """cos and sin of position * inv_freq, `[B, T, 1, H/2]` each (broadcast over heads)."""
     angles_BTP = positions_BT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq_P)
-    cos_BT1P = jnp.cos(angles_BTP)[:, :, None, :]
-    sin_BT1P = jnp.sin(angles_BTP)[:, :, None, :]
+    return jnp.cos(angles_BTP)[:, :, None, :], jnp.sin(angles_BTP)[:, :, None, :]
+
+
+def rotate(x_BTQH: jnp.ndarray, cos_BT1P: jnp.ndarray, sin_BT1P: jnp.ndarray) -> jnp.ndarray:
+    """Rotate pairs (i, i + H/2) of every head by the angles whose cos/sin are given."""
     x = x_BTQH.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     out = jnp.concatenate([x1 * cos_BT1P - x2 * sin_BT1P, x2 * cos_BT1P + x1 * sin_BT1P], axis=-1)
     return out.astype(x_BTQH.dtype)
+
+
+def apply_rope(x_BTQH: jnp.ndarray, positions_BT: jnp.ndarray, inv_freq_P: np.ndarray) -> jnp.ndarray:
+    """Rotate pairs (i, i + H/2) of every head by angle position * inv_freq[i]."""
+    return rotate(x_BTQH, *rope_cos_sin(positions_BT, inv_freq_P))

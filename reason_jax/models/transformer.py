@@ -28,7 +28,7 @@ from flax import nnx
 
 from reason_jax.models.config import ModelConfig, as_dtype
 from reason_jax.models.kv_cache import KVCache
-from reason_jax.models.rope import apply_rope, inverse_frequencies
+from reason_jax.models.rope import inverse_frequencies, rope_cos_sin, rotate
 
 # Large-negative, not -inf: a fully masked row (a left-pad query) must give finite values,
 # so no NaN reaches a gradient.
@@ -72,8 +72,16 @@ class Attention(nnx.Module):
             self.q_norm_H = _param(rngs, (H,), ("head_dim",), pd, "ones")
             self.k_norm_H = _param(rngs, (H,), ("head_dim",), pd, "ones")
 
-    def project(self, x_BTD, positions_BT):
-        """Queries, keys and values with bias, q/k norm and rotary embedding applied."""
+    def rope(self, positions_BT):
+        """The rotary cos/sin for these positions (the same for every layer)."""
+        cfg = self.cfg
+        # A host constant (not state): folded into the compiled program.
+        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
+        return rope_cos_sin(positions_BT, inv_freq)
+
+    def project(self, x_BTD, positions_BT, rope=None):
+        """Queries, keys and values with bias, q/k norm and rotary embedding applied. `rope`:
+        precomputed `self.rope(positions_BT)` (decode computes it once for all layers)."""
         cfg = self.cfg
         dt = x_BTD.dtype
         q_BTQH = jnp.einsum("BTD,DQH->BTQH", x_BTD, self.q_DQH[...].astype(dt))
@@ -86,11 +94,8 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             q_BTQH = rms_norm(q_BTQH, self.q_norm_H[...], cfg.norm_eps)
             k_BTKH = rms_norm(k_BTKH, self.k_norm_H[...], cfg.norm_eps)
-        # A host constant (not state): folded into the compiled program.
-        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
-        q_BTQH = apply_rope(q_BTQH, positions_BT, inv_freq)
-        k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
-        return q_BTQH, k_BTKH, v_BTKH
+        cos_BT1P, sin_BT1P = self.rope(positions_BT) if rope is None else rope
+        return rotate(q_BTQH, cos_BT1P, sin_BT1P), rotate(k_BTKH, cos_BT1P, sin_BT1P), v_BTKH
 
     def output(self, attn_BTQH):
         dt = attn_BTQH.dtype
@@ -117,58 +122,67 @@ def full_attention(q_BTQH, k_BSKH, v_BSKH, mask_BTS):
     return out_BTKqH.reshape(B, T, Q, H)
 
 
+def _softmax_part(s_XS, valid_XS, scale):
+    """Scores over one part of the keys -> (max, exp-scores, sum) for a flash-style merge."""
+    s_XS = jnp.where(valid_XS, s_XS * scale, _MASK_VALUE)
+    m_X1 = s_XS.max(-1, keepdims=True)
+    e_XS = jnp.exp(s_XS - m_X1)
+    return m_X1, e_XS, e_XS.sum(-1, keepdims=True)
+
+
+def _grouped(x_RKq, B: int, G: int):
+    """[B*G, K, q, ...] (slot layout) <-> [B, K, G*q, ...] (one prompt's G slots together)."""
+    R, K, q = x_RKq.shape[:3]
+    return x_RKq.reshape(B, G, K, q, *x_RKq.shape[3:]).swapaxes(1, 2).reshape(
+        B, K, G * q, *x_RKq.shape[3:])
+
+
+def _ungrouped(x_BKg, G: int):
+    B, K, g = x_BKg.shape[:3]
+    return x_BKg.reshape(B, K, G, g // G, *x_BKg.shape[3:]).swapaxes(1, 2).reshape(
+        B * G, K, g // G, *x_BKg.shape[3:])
+
+
 def decode_attention(q_RQH, cache: KVCache, layer: int, k_RKHT, v_RKTH):
     """One query per decode slot over its prompt's prefix and its sample's ring columns.
 
-    One softmax spans the S prefix slots and the T ring columns. The dots read the cache in
-    its stored layout: batch dimensions (slot, KV head) lead, keys are contracted over H
-    (`[R, K, H, T]`) and values over T (`[R, K, T, H]`), so no step transposes a cache.
-    In static lock-step (`cache.group_size` = G) the G slots of a prompt read its prefix once
-    (`[B, K, G*q, H]` queries); otherwise each slot gathers its prompt's prefix rows.
+    The softmax spans both parts; each is computed on its own and merged (flash-style:
+    rescaled by the larger max). The dots read the cache in its stored layout, batch
+    dimensions (slot or prompt, KV head) first, keys contracted over H (`[., K, H, T]`),
+    values over T (`[., K, T, H]`), so no step transposes a cache. The prefix part reads the
+    prefix table by index: in lock-step (`cache.group_size` = G, slot r decodes a sample of
+    prompt r // G) each prompt's rows are read once for its G slots, whose queries are
+    stacked `[B, K, G*q, H]`; otherwise every slot gathers its prompt's rows.
     """
     R, Q, H = q_RQH.shape
     K = k_RKHT.shape[1]
     scale = H ** -0.5
     dt = v_RKTH.dtype
     q_RKqH = q_RQH.reshape(R, K, Q // K, H).astype(dt)
+    f32 = jnp.float32
+    s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT, preferred_element_type=f32)
+    m_dec, e_dec, l_dec = _softmax_part(s_dec, cache.ring_visible_RT()[:, None, None, :], scale)
+    o_dec = jnp.einsum("RKqT,RKTH->RKqH", e_dec.astype(dt), v_RKTH, preferred_element_type=f32)
     G = cache.group_size
     if G:
         B = R // G
-        pk_BKHS, pv_BKSH = cache.prefix_k_BKHS[layer], cache.prefix_v_BKSH[layer]
-        q_BKgH = q_RKqH.reshape(B, G, K, Q // K, H).transpose(0, 2, 1, 3, 4).reshape(
-            B, K, G * (Q // K), H)
-        s_pre = jnp.einsum("BKgH,BKHS->BKgS", q_BKgH, pk_BKHS,
-                           preferred_element_type=jnp.float32) * scale
-        s_pre = s_pre.reshape(B, K, G, Q // K, -1).transpose(0, 2, 1, 3, 4).reshape(
-            R, K, Q // K, -1)
-        valid_RS = jnp.repeat(cache.prefix_valid_BS, G, axis=0)
+        s_BKgS = jnp.einsum("BKgH,BKHS->BKgS", _grouped(q_RKqH, B, G),
+                            cache.prefix_k_BKHS[layer], preferred_element_type=f32)
+        m_pre, e_BKgS, l_pre = _softmax_part(s_BKgS, cache.prefix_valid_BS[:, None, None, :],
+                                             scale)
+        o_BKgH = jnp.einsum("BKgS,BKSH->BKgH", e_BKgS.astype(dt), cache.prefix_v_BKSH[layer],
+                            preferred_element_type=f32)
+        m_pre, l_pre, o_pre = (_ungrouped(x, G) for x in (m_pre, l_pre, o_BKgH))
     else:
         pk_RKHS, pv_RKSH, valid_RS = cache.prefix_for_slots(layer)
-        s_pre = jnp.einsum("RKqH,RKHS->RKqS", q_RKqH, pk_RKHS,
-                           preferred_element_type=jnp.float32) * scale
-    s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT,
-                       preferred_element_type=jnp.float32) * scale
-    visible_RT = cache.ring_visible_RT()
-    s_pre = jnp.where(valid_RS[:, None, None, :], s_pre, _MASK_VALUE)
-    s_dec = jnp.where(visible_RT[:, None, None, :], s_dec, _MASK_VALUE)
-    # The softmax over [prefix, ring] without concatenating them; every slot sees at least
-    # its own new token, so the normaliser is >= 1.
-    m = jnp.maximum(s_pre.max(-1, keepdims=True), s_dec.max(-1, keepdims=True))
-    e_pre, e_dec = jnp.exp(s_pre - m), jnp.exp(s_dec - m)
-    norm_RKq1 = e_pre.sum(-1, keepdims=True) + e_dec.sum(-1, keepdims=True)
-    if G:
-        e_BKgS = e_pre.reshape(B, G, K, Q // K, -1).transpose(0, 2, 1, 3, 4).reshape(
-            B, K, G * (Q // K), -1)
-        o_BKgH = jnp.einsum("BKgS,BKSH->BKgH", e_BKgS.astype(dt), pv_BKSH,
-                            preferred_element_type=jnp.float32)
-        o_pre = o_BKgH.reshape(B, K, G, Q // K, H).transpose(0, 2, 1, 3, 4).reshape(
-            R, K, Q // K, H)
-    else:
+        s_pre = jnp.einsum("RKqH,RKHS->RKqS", q_RKqH, pk_RKHS, preferred_element_type=f32)
+        m_pre, e_pre, l_pre = _softmax_part(s_pre, valid_RS[:, None, None, :], scale)
         o_pre = jnp.einsum("RKqS,RKSH->RKqH", e_pre.astype(dt), pv_RKSH,
-                           preferred_element_type=jnp.float32)
-    o_dec = jnp.einsum("RKqT,RKTH->RKqH", e_dec.astype(dt), v_RKTH,
-                       preferred_element_type=jnp.float32)
-    out_RKqH = (o_pre + o_dec) / norm_RKq1
+                           preferred_element_type=f32)
+    # Every slot sees at least one prompt token and its own new token: both maxima are real.
+    m = jnp.maximum(m_pre, m_dec)
+    a_pre, a_dec = jnp.exp(m_pre - m), jnp.exp(m_dec - m)
+    out_RKqH = (a_pre * o_pre + a_dec * o_dec) / (a_pre * l_pre + a_dec * l_dec)
     return out_RKqH.reshape(R, Q, H).astype(q_RQH.dtype)
 
 
@@ -208,11 +222,12 @@ class DecoderLayer(nnx.Module):
         x_BTD = x_BTD + self.attn.output(full_attention(q_BTQH, k_BTKH, v_BTKH, mask_BTS))
         return self._mlp_block(x_BTD), (k_BTKH, v_BTKH)
 
-    def decode(self, x_R1D, positions_R, layer: int, cache: KVCache):
+    def decode(self, x_R1D, rope, layer: int, cache: KVCache):
         """One token per slot: writes its K/V into ring column `cache.column` (in place),
-        attends, and returns the layer output and this layer's updated ring arrays."""
+        attends, and returns the layer output and this layer's updated ring arrays. `rope`:
+        the rotary cos/sin of the slots' positions."""
         h_R1D = rms_norm(x_R1D, self.attn_norm_D[...], self.cfg.norm_eps)
-        q_R1QH, k_R1KH, v_R1KH = self.attn.project(h_R1D, positions_R[:, None])
+        q_R1QH, k_R1KH, v_R1KH = self.attn.project(h_R1D, None, rope)
         col = cache.column
         k_RKHT = jax.lax.dynamic_update_slice(
             cache.k_RKHT[layer], k_R1KH.transpose(0, 2, 3, 1).astype(cache.k_RKHT[layer].dtype),
@@ -295,13 +310,26 @@ class Transformer(nnx.Module):
                                                 collect_kv=True)
         return self.logits(h_BSD[:, -1:])[:, 0], (k_LBSKH, v_LBSKH)
 
-    def decode(self, tokens_R, positions_R, cache: KVCache):
+    def rope_table(self, num_positions: int):
+        """Rotary cos and sin of positions [0, num_positions), `[X, H/2]` each. Decode gathers
+        its rows: computed inside the step, XLA:CPU fuses cos/sin into every head's rotation
+        in every layer and evaluates them per element."""
+        cos, sin = self.layers[0].attn.rope(jnp.arange(num_positions, dtype=jnp.int32)[None])
+        return cos[0, :, 0], sin[0, :, 0]
+
+    def decode(self, tokens_R, positions_R, cache: KVCache, rope_table=None):
         """Feed one token per decode slot. Returns logits `[R, V]` and the cache with the
-        tokens' K/V in ring column `cache.column`, `step` and `slot_fed_R` advanced."""
+        tokens' K/V in ring column `cache.column`, `step` and `slot_fed_R` advanced.
+        `rope_table`: `self.rope_table(X)` for positions < X, computed once per decode loop."""
         x_R1D = self.embed(tokens_R[:, None])
+        if rope_table is None:
+            rope = self.layers[0].attn.rope(positions_R[:, None])
+        else:
+            rope = tuple(jnp.take(t_XP, positions_R, axis=0)[:, None, None, :]
+                         for t_XP in rope_table)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x_R1D, k_RKHT, v_RKTH = layer.decode(x_R1D, positions_R, i, cache)
+            x_R1D, k_RKHT, v_RKTH = layer.decode(x_R1D, rope, i, cache)
             ks.append(k_RKHT)
             vs.append(v_RKTH)
         cache = cache.replace(k_RKHT=tuple(ks), v_RKTH=tuple(vs), step=cache.step + 1,

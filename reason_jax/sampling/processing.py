@@ -41,24 +41,60 @@ def argmax_last(x_RV):
     return jnp.minimum(jnp.min(jnp.where(hit_RV, jnp.arange(V, dtype=jnp.int32), V), -1), V - 1)
 
 
-def sample_keys(key, sample_R, step_R):
-    """The key of sample n's token t: `fold_in(fold_in(key, t), n)`. A sample's draws depend
-    only on (seed, n, t), never on which slot, step or device produces them."""
-    return jax.vmap(lambda n, t: jax.random.fold_in(jax.random.fold_in(key, t), n))(
-        sample_R, step_R)
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
-def sample_tokens(keys_R, logits_RV, *, temperature, top_k, top_p):
-    """One token per row from its own key, and its log-prob under softmax(logits / tau)
-    (tau = `logprob_temperature`), without top-k/top-p truncation. temperature == 0: greedy.
+def threefry2x32(k0, k1, x0, x1):
+    """Threefry-2x32, 20 rounds (Salmon et al., SC'11: the hash behind `jax.random`), on
+    broadcast uint32 arrays: key (k0, k1), counter (x0, x1) -> two random words. Written out
+    unrolled so XLA fuses it into one elementwise loop; jax's own CPU lowering rolls the rounds
+    into a `while` of small ops, which costs more than the rest of sampling per decode step."""
+    u32 = jnp.uint32
+    k0, k1, x0, x1 = (jnp.asarray(a, u32) for a in (k0, k1, x0, x1))
+    ks = (k0, k1, k0 ^ k1 ^ u32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << u32(r)) | (x1 >> u32(32 - r))) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + u32(i + 1)
+    return x0, x1
+
+
+def key_words(key):
+    """Two uint32 words of a PRNG key (any implementation): the root of every draw."""
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
+def gumbel_noise(words, sample_R, t_R, vocab: int):
+    """Standard Gumbel noise `[R, V]` for token t of sample n, counter-based. The row key is
+    threefry(words, (n, t)); with H' = ceil(V / 2), entry v < H' takes word 0 and entry
+    v >= H' word 1 of threefry(row key, (v mod H', 0)). A sample's draws depend only on
+    (key, n, t), never on the slot, step or device that makes them."""
+    u32 = jnp.uint32
+    k0_R, k1_R = threefry2x32(words[0], words[1], sample_R.astype(u32), t_R.astype(u32))
+    half = (vocab + 1) // 2
+    c_H = jnp.arange(half, dtype=u32)[None, :]
+    b0_RH, b1_RH = threefry2x32(k0_R[:, None], k1_R[:, None], c_H, jnp.zeros_like(c_H))
+    bits_RV = jnp.concatenate([b0_RH, b1_RH], axis=1)[:, :vocab]
+    # 23 random mantissa bits -> [1, 2) -> [0, 1), kept off 0 for the logs.
+    u_RV = jax.lax.bitcast_convert_type((bits_RV >> u32(9)) | u32(0x3F800000), jnp.float32) - 1
+    u_RV = jnp.maximum(u_RV, jnp.finfo(jnp.float32).tiny)
+    return -jnp.log(-jnp.log(u_RV))
+
+
+def sample_tokens(words, sample_R, t_R, logits_RV, *, temperature, top_k, top_p):
+    """Token t of each row's sample n, drawn from softmax(logits / tau) truncated to
+    top-k/top-p (Gumbel-max with `gumbel_noise(words, n, t)`), and its log-prob under the
+    untruncated softmax(logits / tau), tau = `logprob_temperature`. temperature == 0: greedy.
 
     Returns (tokens_R int32, logprobs_R float32)."""
     tau = logprob_temperature(temperature)
     scaled_RV = logits_RV.astype(jnp.float32) / tau
     filtered_RV = filter_logits(scaled_RV, top_k=top_k, top_p=top_p)
-    # jax.random.categorical's draw (argmax of logits + Gumbel noise), same stream.
-    gumbel_RV = jax.vmap(lambda k: jax.random.gumbel(k, scaled_RV.shape[1:], jnp.float32))(keys_R)
-    sampled_R = argmax_last(filtered_RV + gumbel_RV)
+    noise_RV = gumbel_noise(words, sample_R, t_R, scaled_RV.shape[1])
+    sampled_R = argmax_last(filtered_RV + noise_RV)
     greedy_R = argmax_last(logits_RV)
     tok_R = jnp.where(temperature > 0, sampled_R, greedy_R).astype(jnp.int32)
     logp_R = jnp.take_along_axis(jax.nn.log_softmax(scaled_RV, -1), tok_R[:, None], 1)[:, 0]

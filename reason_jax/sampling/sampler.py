@@ -13,8 +13,9 @@ For B prompts and group size G it returns the N = B*G samples (rows of one promp
    the same step, drawing that sample's first token from its prompt's prefill logits; its next
    decode feeds that token. The loop ends when every sample is done. With R = N every sample
    starts at once: lock-step decoding.
-4. A sample's token t is drawn with the key `fold_in(fold_in(key, t), n)`, so its tokens and
-   log-probs do not depend on R, on the slot or the step that produced them, or on the mesh.
+4. Sample n's token t is drawn with Gumbel noise from the counter (key, n, t)
+   (`processing.gumbel_noise`), so its tokens and log-probs do not depend on R, on the slot
+   or the step that produced them, or on the mesh.
 
 No step is wasted on a token whose logits are never read: a sample of length l costs l - 1
 decode steps (its first token comes from the prefill).
@@ -46,7 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from reason_jax.data.bucketing import bucket_length
 from reason_jax.models.kv_cache import KVCache, gather_rows
 from reason_jax.sampling import memory
-from reason_jax.sampling.processing import sample_keys, sample_tokens
+from reason_jax.sampling.processing import key_words, sample_tokens
 from reason_jax.sharding.rules import ROLLOUT_RULES, partition_spec
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,11 @@ class _Loop:
     counts come from the state's shapes: they shrink from phase to phase."""
 
     def __init__(self, sp: SamplingParams, model, key, temperature, top_p, lengths_B,
-                 limit_N, first_logits_BV, constrain_cache):
-        self.sp, self.model, self.key = sp, model, key
+                 limit_N, first_logits_BV, constrain_cache, rope_table):
+        self.sp, self.model, self.words = sp, model, key_words(key)
         self.temperature, self.top_p = temperature, (top_p if sp.use_top_p else None)
         self.lengths_B, self.limit_N, self.first_logits_BV = lengths_B, limit_N, first_logits_BV
-        self.constrain_cache = constrain_cache
+        self.constrain_cache, self.rope_table = constrain_cache, rope_table
         self.P, self.G, self.T = sp.shards, sp.group_size, sp.max_new_tokens
         self.N = limit_N.shape[0]
         self.Np = self.N // self.P
@@ -166,9 +167,9 @@ class _Loop:
     def draw(self, sample_R, t_R, logits_RV):
         R = sample_R.shape[0]
         shard_R = jnp.arange(R, dtype=jnp.int32) // (R // self.P)
-        keys = sample_keys(self.key, shard_R * self.Np + sample_R, t_R)
-        return sample_tokens(keys, logits_RV, temperature=self.temperature,
-                             top_k=self.sp.top_k, top_p=self.top_p)
+        return sample_tokens(self.words, shard_R * self.Np + sample_R, t_R, logits_RV,
+                             temperature=self.temperature, top_k=self.sp.top_k,
+                             top_p=self.top_p)
 
     def _scatter(self, buf_NT, write_R, sample_R, t_R, values_R):
         """buf[sample, t] = value for the slots in write_R, within each shard."""
@@ -240,7 +241,8 @@ class _Loop:
     def body(self, st: SamplingState) -> SamplingState:
         cache = st.cache
         prompt_len_R = gather_rows(self.lengths_B, cache.slot_prompt_R, self.P)
-        logits_RV, cache = self.model.decode(st.token_R, prompt_len_R + cache.slot_fed_R, cache)
+        logits_RV, cache = self.model.decode(st.token_R, prompt_len_R + cache.slot_fed_R, cache,
+                                             self.rope_table)
         t_R = cache.slot_fed_R  # the index of the token drawn now
         tok_R, logp_R = self.draw(st.sample_R, t_R, logits_RV)
         parts = self.record((st.tokens_NT, st.logprobs_NT, st.live_R, st.token_R), st.sample_R,
@@ -287,8 +289,9 @@ def _sample(sp: SamplingParams, graphdef, state, tokens_BS, lengths_B, limit_N, 
 
     limit_N = jnp.full((N,), T, jnp.int32) if limit_N is None else \
         sp.constrain(jnp.clip(limit_N, 1, T).astype(jnp.int32))
+    # Decoded tokens sit at positions < S + T.
     loop = _Loop(sp, model, key, temperature, top_p, lengths_B, limit_N, logits_BV,
-                 constrain_cache)
+                 constrain_cache, model.rope_table(S + T))
     P = sp.shards
     init = SamplingState(
         step=jnp.zeros((), jnp.int32),
@@ -353,8 +356,8 @@ def generate(model: Any, prompt_tokens_BS, prompt_lengths_B, *, group_size: int 
       group_size: G completions per prompt; output row b*G + g belongs to prompt b.
       temperature: 0 means greedy. Log-probs are of softmax(logits / temperature) (of the
         logits for greedy), never truncated by top-k/top-p.
-      seed: int or PRNG key. Sample n's token t is drawn with `fold_in(fold_in(key, t), n)`,
-        so a seed reproduces a call exactly, whatever `max_rows` and the mesh are.
+      seed: int or PRNG key. Sample n's token t is drawn from the counter (key, n, t), so a
+        seed reproduces a call exactly, whatever `max_rows` and the mesh are.
       buckets: allowed padded prompt lengths (default powers of two from 16).
       max_rows: R, decode slots (rows in flight); None: one per sample (lock-step). Rounded
         up to a multiple of the data-parallel shards.
