@@ -12,12 +12,20 @@ samples in R slots, a finished slot taking the next waiting sample.
   * One compiled program per (bucket, R): new prompts, seeds, temperatures and length limits
     reuse it (XLA compilations counted).
   * Sharded over (data, tensor) = (4, 2) and (data, fsdp, tensor) = (2, 2, 2) meshes with
-    R < N: the same tokens as one device.
+    R < N, and over 2 JAX processes x 4 devices (launch/local.py): the same tokens as one
+    device.
   * `kv_cache_gb` resolves R from the per-device K/V budget (checked by hand), and the
     compiled program's buffers shrink with R by the ring's size.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +187,69 @@ def test_sharded_continuous_matches_single_device(params, prompts, eos_id, sizes
     # R is rounded up so every shard has the same number of slots.
     assert _gen((policy.graphdef, rollout), g_tokens, g_lengths, max_rows=5,
                 **kw).num_slots == 8
+
+
+TWO_PROCESS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from reason_jax.sharding import distributed
+    assert distributed.initialize()
+    import jax
+    sys.path.insert(0, {tests!r})
+    from helpers import random_params
+    from reason_jax.models.config import tiny_llama
+    from reason_jax.sampling import generate
+    from reason_jax.sharding import make_mesh
+    from reason_jax.sharding.host_arrays import to_global, to_local
+    cfg = tiny_llama(**{cfg!r})
+    graphdef, params = random_params(cfg, 0, scale=0.2)
+    params = jax.tree.map(np.asarray, params)  # host values: replicated in every process
+    prompts, lengths = np.asarray({prompts!r}, np.int32), np.asarray({lengths!r}, np.int32)
+    pid, rows = jax.process_index(), len(lengths) // 2
+    mine = slice(pid * rows, (pid + 1) * rows)
+    mesh = make_mesh({{"data": 8}})
+    g_tokens, g_lengths = to_global((prompts[mine], lengths[mine]), mesh)
+    out = generate((graphdef, params), g_tokens, g_lengths, **{kw!r})
+    host = to_local({{"tokens": out.tokens, "lengths": out.lengths}})
+    print("RESULT " + json.dumps({{"pid": pid, "slots": out.num_slots,
+                                   "tokens": host["tokens"].tolist(),
+                                   "lengths": host["lengths"].tolist()}}))
+""")
+
+
+def test_two_processes_continuous_match_one_process(params, eos_id, tmp_path):
+    """2 JAX processes x 4 CPU devices, prompts split by process, R = 8 slots (one per
+    device): each process's rows equal the single-process run's."""
+    root = Path(__file__).resolve().parents[1]
+    B2 = 8
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(1, 17, size=B2).astype(np.int32)
+    prompts = rng.integers(0, PAD, size=(B2, 16)).astype(np.int32)
+    kw = dict(group_size=2, max_new_tokens=T, temperature=1.3, seed=9, eos_ids=[eos_id],
+              pad_id=PAD, max_rows=8)
+    ref = _gen(params, prompts, lengths, **kw)
+    assert (~ref.truncated).any()
+    cfg = dict(vocab_size=VOCAB, dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+               head_dim=8, mlp_dim=64, tie_embeddings=False)
+    script = TWO_PROCESS_SCRIPT.format(tests=str(root / "tests"), cfg=cfg,
+                                       prompts=prompts.tolist(), lengths=lengths.tolist(),
+                                       kw=kw)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get(
+        "PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(root / "launch" / "local.py"), "--log-dir",
+                           str(tmp_path / "logs"), "--num-processes", "2",
+                           "--devices-per-process", "4", "--", "python", "-c", script],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines()
+               if "RESULT " in line]
+    assert sorted(r["pid"] for r in results) == [0, 1]
+    half = len(ref.lengths) // 2
+    for r in results:
+        mine = slice(r["pid"] * half, (r["pid"] + 1) * half)
+        assert r["slots"] == 8
+        np.testing.assert_array_equal(np.asarray(r["tokens"]), ref.tokens[mine])
+        np.testing.assert_array_equal(np.asarray(r["lengths"]), ref.lengths[mine])
 
 
 def test_kv_budget_resolves_slots(params, prompts):
