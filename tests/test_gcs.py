@@ -29,7 +29,7 @@ SMALL = [
     "rollout.max_new_tokens=12", "rl.dynamic_sampling=False", "log.progress=False",
     "model.dim=32", "model.mlp_dim=64", "model.num_layers=1", "model.head_dim=16",
     "verifier.num_workers=1", "checkpoint.async_save=False", "eval.num_problems=16",
-    "eval.k=2", "eval.batch_size=8",
+    "eval.k=2", "eval.batch_size=8", "eval.every=0",
 ]
 
 

@@ -114,6 +114,9 @@ def run(args, overrides) -> dict:
     from reason_jax.bench.common import load
 
     cfg = load(args, overrides)
+    # What this process had loaded before (torch, say, imports sympy): the bench reports only
+    # engine modules that scoring itself brought in, which must be none.
+    preloaded = {m.split(".")[0] for m in sys.modules}
     n = int(os.environ.get(N_ENV, 4096))
     iters = max(int(getattr(args, "iters", 3) or 1), 1)
     workers = int(cfg.verifier.num_workers)
@@ -150,6 +153,6 @@ def run(args, overrides) -> dict:
         "answers_per_s": n / batch_s,
         "accuracy": res.status_counts["ok"] / n, "status_counts": res.status_counts,
         "isolation": caps,
-        "engine_imported_here": sorted({m.split(".")[0] for m in sys.modules}
+        "engine_imported_here": sorted(({m.split(".")[0] for m in sys.modules} - preloaded)
                                         & set(ENGINE_MODULES)),
     }

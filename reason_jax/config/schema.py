@@ -124,8 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
 
     c.eval = ml_collections.ConfigDict()
-    # Held-out pass@1 / pass@k every this many RL steps (and before the first), logged with the
-    # training metrics; 0: only `reason-jax eval`.
+    # Held-out pass@1 / pass@k every this many RL steps (and before the first, and after the
+    # last), logged with the training metrics; 0, or a run of fewer steps: only `reason-jax
+    # eval`.
     c.eval.every = 0
     c.eval.num_problems = 256
     c.eval.k = 8

@@ -181,8 +181,10 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     t_run = time.perf_counter()
     step = start
     skipped_in_a_row = 0
+    # A run shorter than one eval period is a smoke run: `reason-jax eval` measures it.
+    eval_every = cfg.eval.every if cfg.steps >= cfg.eval.every else 0
     with _Preempted() as preempt, VerifierPool(cfg.verifier.num_workers) as pool:
-        if cfg.eval.every and start == 0 and end > 0:
+        if eval_every and start == 0 and end > 0:
             # Where RL starts (the SFT result): the baseline of the held-out curve.
             metrics.write(0, _held_out(run, state.params, pool))
         for step in range(start, end):
@@ -215,7 +217,7 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
             row["compiles"] = compile_count()
             row["throughput/rollout_tokens_per_s"] = stats["rollout_tokens"] / max(
                 stats["time/rollout_s"], 1e-9)
-            if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == end):
+            if eval_every and ((step + 1) % eval_every == 0 or step + 1 == end):
                 row.update(_held_out(run, state.params, pool))
             metrics.write(step + 1, row)
             progress.update(step + 1, reward=row["reward/mean"], acc=row["accuracy"],
@@ -223,13 +225,16 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
             summary = row
             done = step + 1 == end
             over_budget = cfg.time_budget_s and time.perf_counter() - t_run > cfg.time_budget_s
-            if (step + 1) % cfg.checkpoint.every == 0 or done or preempt.flag or over_budget:
+            # Read the signal flag once: one arriving between a "save?" and a "stop?" check
+            # would otherwise stop without saving the step it finished.
+            stop = preempt.flag or over_budget
+            if (step + 1) % cfg.checkpoint.every == 0 or done or stop:
                 run.ckpt.save(step + 1, state, run.meta(step + 1, data_iter.get_state()),
                               force=True)
                 metrics.flush()  # a bucket workdir: the rows up to the checkpoint are uploaded
-            if preempt.flag or over_budget:
+            if stop:
                 log.warning("stopping after step %d (%s); checkpoint saved", step + 1,
-                            "SIGTERM" if preempt.flag else "time budget")
+                            "time budget" if over_budget and not preempt.flag else "SIGTERM")
                 break
     progress.close()
     run.ckpt.close()
