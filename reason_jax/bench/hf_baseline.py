@@ -1,7 +1,9 @@
 """The Hugging Face baseline of the sampler bench: the same weights (exported with
 `export_hf`, loaded with `AutoModelForCausalLM.from_pretrained`), the same prompts, G samples
 per prompt via `num_return_sequences`, exactly T new tokens (`min_new_tokens = max_new_tokens`,
-no EOS), pure sampling (top_k=0, top_p=1), on CPU with torch threads = available cores.
+no EOS), pure sampling (top_k=0, top_p=1), on CPU with the faster of torch threads = available
+cores and 1 thread (tried on a short run first: on a loaded machine, OpenMP's spinning threads
+can make 2 threads several times slower than 1).
 
 It runs in its **own process** (`python -m reason_jax.bench.hf_baseline`, which never imports
 JAX): timed inside the bench's process, torch shared the cores with the XLA:CPU thread pool
@@ -66,12 +68,12 @@ def measure(params, model_cfg, tokens_BS: np.ndarray, *, G: int, T: int, tempera
 def time_generate(model_dir: str, tokens_BS: np.ndarray, *, G: int, T: int,
                   temperature: float, pad_id: int, seed: int, threads: int,
                   timed_runs: int = 3, budget_s: float = 30.0) -> dict:
-    """In this process: load the exported model and time `generate` (after a 2-token warm-up)
-    up to `timed_runs` times, no new run once `budget_s` has been spent (median)."""
+    """In this process: load the exported model, pick the faster thread count (`threads` or
+    1) on a short run, and time `generate` up to `timed_runs` times, no new run once
+    `budget_s` has been spent (median)."""
     import torch
     import transformers
 
-    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
@@ -87,7 +89,15 @@ def time_generate(model_dir: str, tokens_BS: np.ndarray, *, G: int, T: int,
                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                 num_return_sequences=G, pad_token_id=pad_id, eos_token_id=None)
 
-    run(min(2, T))  # warm-up (kernels, caches)
+    trials = {}
+    for n in sorted({max(int(threads), 1), 1}, reverse=True):
+        torch.set_num_threads(n)
+        run(min(2, T))  # warm-up (kernels, caches)
+        t0 = time.perf_counter()
+        run(min(8, T))
+        trials[n] = time.perf_counter() - t0
+    threads = min(trials, key=trials.get)
+    torch.set_num_threads(threads)
     times: list[float] = []
     out = None
     while len(times) < max(timed_runs, 1) and (not times or sum(times) < budget_s):
@@ -100,6 +110,7 @@ def time_generate(model_dir: str, tokens_BS: np.ndarray, *, G: int, T: int,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "torch_threads": threads,
+        "thread_trials_s": {str(k): v for k, v in trials.items()},
         "device": "cpu",
         "process": "separate",
         "rows": rows,
