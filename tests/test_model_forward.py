@@ -119,19 +119,22 @@ def _prefilled(model, G):
     return k, v, jnp.asarray(valid_BS), new_NT, full, pos_full
 
 
-@pytest.mark.parametrize("group_size, lockstep", [(1, True), (3, True), (3, False)],
-                         ids=["G1-lockstep", "G3-lockstep", "G3-gathered-prefix"])
-def test_cached_decode_matches_full_forward(jitted, group_size, lockstep):
+@pytest.mark.parametrize("group_size, lockstep, chunks", [
+    (1, True, 1), (3, True, 1), (3, False, 1), (3, True, 2)],
+    ids=["G1-lockstep", "G3-lockstep", "G3-gathered-prefix", "G3-lockstep-2-chunks"])
+def test_cached_decode_matches_full_forward(jitted, group_size, lockstep, chunks):
     """All rows start together (one slot per row), token by token, with more ring columns than
-    tokens (unwritten columns must stay masked)."""
+    tokens (unwritten columns must stay masked); with the ring in 2 chunks, the first half of
+    the steps reads only the first chunk, as lock-step's phases do."""
     model, G = jitted, group_size
     k, v, valid_BS, new_NT, full, pos_full = _prefilled(model, G)
     N = new_NT.shape[0]
     cache = KVCache.create(k, v, valid_BS, num_slots=N, max_new_tokens=NEW + 2,
-                           group_size=G if lockstep else 0)
+                           group_size=G if lockstep else 0, ring_chunks=chunks)
     cache = cache.assign(jnp.ones(N, bool), jnp.arange(N) // G)
     got = []
     for t in range(NEW):
+        cache = cache.replace(chunks_read=t * chunks // (NEW + 2) + 1)
         logits, cache = model.decode(jnp.asarray(new_NT[:, t]), jnp.asarray(pos_full[:, S + t]),
                                      cache)
         assert logits.shape == (N, VOCAB)
@@ -139,7 +142,7 @@ def test_cached_decode_matches_full_forward(jitted, group_size, lockstep):
     got = np.stack(got, 1)
     assert int(cache.step) == NEW and (np.asarray(cache.slot_fed_R) == NEW).all()
     d = _max_diff(got, full[:, S:])
-    print(f"\n[cache] G={G} lockstep={lockstep}: decode {d:.2e}")
+    print(f"\n[cache] G={G} lockstep={lockstep} chunks={chunks}: decode {d:.2e}")
     assert d <= TOL, d
     # The rows of a group really differ (so G>1 tests per-row caches, not a broadcast).
     if G > 1:

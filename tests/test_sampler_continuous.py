@@ -9,6 +9,7 @@ samples in R slots, a finished slot taking the next waiting sample.
   * The loop does no wasted work: R = N runs max(length) - 1 decode steps (the first token
     comes from prefill, the last is never fed back); R = 1 runs sum(length - 1); with R = 5
     the tail (queue empty, few samples left) runs in fewer slots.
+  * Lock-step at T = 256 reads its ring in two chunks, in two phases: same samples.
   * One compiled program per (bucket, R): new prompts, seeds, temperatures and length limits
     reuse it (XLA compilations counted).
   * Sharded over (data, tensor) = (4, 2) and (data, fsdp, tensor) = (2, 2, 2) meshes with
@@ -151,6 +152,22 @@ def test_forced_lengths_and_step_counts(params, prompts):
             assert work <= slot_steps < 5 * steps, (slot_steps, steps)
     with pytest.raises(ValueError, match="one entry per sample"):
         _gen(params, prompts, max_lengths=limits[:3])
+
+
+def test_lockstep_phases_over_ring_chunks(params, prompts):
+    """T = 256: lock-step reads its ring in 2 chunks (the second only from step 128 on); with
+    samples ending at various limits it samples what the unchunked continuous schedule
+    samples."""
+    Tl = 256
+    assert sampler_mod.SamplingParams(group_size=G, max_new_tokens=Tl,
+                                      num_slots=N).ring_chunks(N) == 2
+    limits = np.random.default_rng(5).integers(1, Tl + 1, size=N).astype(np.int32)
+    limits[3] = Tl
+    kw = dict(temperature=0.9, seed=2, max_new_tokens=Tl, max_lengths=limits)
+    lock = _gen(params, prompts, **kw)
+    assert int(lock.decode_steps) == Tl - 1  # both phases ran
+    cont = _gen(params, prompts, max_rows=N // 2, **kw)
+    _assert_same(lock, cont, "lock-step (2 ring chunks) vs max_rows=N/2")
 
 
 def test_one_program_per_bucket_and_slot_count(params, prompts):

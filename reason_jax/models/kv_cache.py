@@ -21,6 +21,11 @@ so no step transposes a cache: keys `[R, K, H, T]` (scores contract H), values `
 layer is its own array (a tuple over layers, not one `[L, ...]` array): on XLA:CPU slicing a
 layer out of a stacked cache copies the whole layer every step.
 
+The ring of a layer may be split into n chunks of T/n columns (separate arrays, for the same
+reason). Lock-step decoding fills columns in order, so the sampler runs it in n phases: while
+the columns of chunks >= p are still empty, attention reads (and the step writes) only chunks
+< p + 1 (`chunks_read`): on average (n + 1) / 2n of the ring instead of all of it.
+
 Sharding: with P data-parallel shards (the mesh's data axes), prompts, samples and slots are
 split into P contiguous blocks; a slot only ever reads prompts of its own block and
 `slot_prompt_R` indexes within that block, so the per-slot prefix gather never crosses
@@ -46,19 +51,23 @@ class KVCache:
     prefix_k_BKHS: tuple  # one [B, K, H, S] array per layer
     prefix_v_BKSH: tuple  # one [B, K, S, H] array per layer
     prefix_valid_BS: jnp.ndarray  # bool: real prompt token (left padding is False)
-    k_RKHT: tuple  # one [R, K, H, T] array per layer
-    v_RKTH: tuple  # one [R, K, T, H] array per layer
+    k_RKHT: tuple  # per layer, the T columns as n chunk arrays [R, K, H, T/n]
+    v_RKTH: tuple  # per layer, n chunk arrays [R, K, T/n, H]
     step: jnp.ndarray  # int32 scalar: this decode step writes ring column step % T
     slot_prompt_R: jnp.ndarray  # int32: the prompt a slot reads, indexed within its shard
     slot_fed_R: jnp.ndarray  # int32: tokens of the slot's current sample already in the ring
     shards: int = flax.struct.field(pytree_node=False, default=1)  # P
     group_size: int = flax.struct.field(pytree_node=False, default=0)  # > 0: lock-step
+    # Chunks [0, chunks_read) hold every visible column; this step writes chunk chunks_read - 1.
+    chunks_read: int = flax.struct.field(pytree_node=False, default=1)
 
     @classmethod
     def create(cls, k_LBSKH, v_LBSKH, valid_BS, *, num_slots: int, max_new_tokens: int,
-               shards: int = 1, group_size: int = 0, dtype: Any = None) -> "KVCache":
+               shards: int = 1, group_size: int = 0, ring_chunks: int = 1,
+               dtype: Any = None) -> "KVCache":
         """Prefix table from a prefill's K/V `[L, B, S, K, H]`, and an empty ring of
-        `num_slots` slots. Every slot starts on prompt 0 of its shard with nothing fed."""
+        `num_slots` slots in `ring_chunks` chunks (all read until told otherwise). Every slot
+        starts on prompt 0 of its shard with nothing fed."""
         L, B, _, K, H = k_LBSKH.shape
         dtype = dtype or k_LBSKH.dtype
         if B % shards or num_slots % shards:
@@ -67,20 +76,25 @@ class KVCache:
         if group_size and num_slots != B * group_size:
             raise ValueError(f"lock-step needs one slot per sample ({B * group_size}), "
                              f"got {num_slots}")
-        T = int(max_new_tokens)
+        T, n = int(max_new_tokens), int(ring_chunks)
+        if T % n:
+            raise ValueError(f"{T} ring columns do not split into {n} chunks")
         return cls(
             prefix_k_BKHS=tuple(k_LBSKH[i].astype(dtype).transpose(0, 2, 3, 1)
                                 for i in range(L)),
             prefix_v_BKSH=tuple(v_LBSKH[i].astype(dtype).transpose(0, 2, 1, 3)
                                 for i in range(L)),
             prefix_valid_BS=valid_BS.astype(bool),
-            k_RKHT=tuple(jnp.zeros((num_slots, K, H, T), dtype) for _ in range(L)),
-            v_RKTH=tuple(jnp.zeros((num_slots, K, T, H), dtype) for _ in range(L)),
+            k_RKHT=tuple(tuple(jnp.zeros((num_slots, K, H, T // n), dtype) for _ in range(n))
+                         for _ in range(L)),
+            v_RKTH=tuple(tuple(jnp.zeros((num_slots, K, T // n, H), dtype) for _ in range(n))
+                         for _ in range(L)),
             step=jnp.zeros((), jnp.int32),
             slot_prompt_R=jnp.zeros((num_slots,), jnp.int32),
             slot_fed_R=jnp.zeros((num_slots,), jnp.int32),
             shards=shards,
             group_size=group_size,
+            chunks_read=n,
         )
 
     @property
@@ -88,20 +102,30 @@ class KVCache:
         return self.slot_fed_R.shape[0]
 
     @property
+    def chunk_columns(self) -> int:
+        return self.v_RKTH[0][0].shape[2]
+
+    @property
     def ring_columns(self) -> int:
-        return self.v_RKTH[0].shape[2]
+        return self.chunk_columns * len(self.v_RKTH[0])
+
+    @property
+    def write_chunk(self) -> int:
+        return self.chunks_read - 1
 
     @property
     def column(self) -> jnp.ndarray:
-        """The ring column this step writes."""
-        return self.step % self.ring_columns
+        """This step's column within `write_chunk`: ring column step % T (the sampler's phases
+        keep it inside that chunk)."""
+        return self.step % self.ring_columns - self.write_chunk * self.chunk_columns
 
-    def ring_visible_RT(self) -> jnp.ndarray:
-        """After this step's write: the columns holding the slot's current sample (age <= the
-        tokens it had fed before this step)."""
-        T = self.ring_columns
-        age_T = (self.step - jnp.arange(T)) % T
-        return age_T[None, :] <= self.slot_fed_R[:, None]
+    def ring_visible(self, chunk: int) -> jnp.ndarray:
+        """`[R, T/n]`, after this step's write: the chunk's columns that hold the slot's
+        current sample (ring column c has age (step - c) mod T; visible iff the age is at most
+        the tokens the sample had fed before this step)."""
+        T, w = self.ring_columns, self.chunk_columns
+        age = (self.step - chunk * w - jnp.arange(w)) % T
+        return age[None, :] <= self.slot_fed_R[:, None]
 
     def assign(self, take_R, prompt_R) -> "KVCache":
         """Slots in `take_R` start a new sample of `prompt_R` (shard-local) with nothing fed."""
@@ -115,8 +139,8 @@ class KVCache:
         def take(x_R):
             return gather_rows(x_R, index_R, self.shards)
 
-        return self.replace(k_RKHT=tuple(take(a) for a in self.k_RKHT),
-                            v_RKTH=tuple(take(a) for a in self.v_RKTH),
+        return self.replace(k_RKHT=jax.tree.map(take, self.k_RKHT),
+                            v_RKTH=jax.tree.map(take, self.v_RKTH),
                             slot_prompt_R=take(self.slot_prompt_R),
                             slot_fed_R=take(self.slot_fed_R), group_size=0)
 
@@ -126,13 +150,6 @@ class KVCache:
         return (gather_rows(self.prefix_k_BKHS[layer], self.slot_prompt_R, self.shards),
                 gather_rows(self.prefix_v_BKSH[layer], self.slot_prompt_R, self.shards),
                 gather_rows(self.prefix_valid_BS, self.slot_prompt_R, self.shards))
-
-    def bytes(self) -> dict[str, int]:
-        """Bytes of the prefix table and of the ring (all layers, K and V, global)."""
-        def size(arrays):
-            return sum(int(a.size) * a.dtype.itemsize for a in arrays)
-        return {"prefix_bytes": size(self.prefix_k_BKHS) + size(self.prefix_v_BKSH),
-                "ring_bytes": size(self.k_RKHT) + size(self.v_RKTH)}
 
 
 def gather_rows(table_B, index_R, shards: int):

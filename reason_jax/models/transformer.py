@@ -20,6 +20,7 @@ Three ways to call it (one code path for the maths):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -143,47 +144,53 @@ def _ungrouped(x_BKg, G: int):
         B * G, K, g // G, *x_BKg.shape[3:])
 
 
-def decode_attention(q_RQH, cache: KVCache, layer: int, k_RKHT, v_RKTH):
+def decode_attention(q_RQH, cache: KVCache, layer: int, ring):
     """One query per decode slot over its prompt's prefix and its sample's ring columns.
 
-    The softmax spans both parts; each is computed on its own and merged (flash-style:
-    rescaled by the larger max). The dots read the cache in its stored layout, batch
-    dimensions (slot or prompt, KV head) first, keys contracted over H (`[., K, H, T]`),
-    values over T (`[., K, T, H]`), so no step transposes a cache. The prefix part reads the
-    prefix table by index: in lock-step (`cache.group_size` = G, slot r decodes a sample of
-    prompt r // G) each prompt's rows are read once for its G slots, whose queries are
-    stacked `[B, K, G*q, H]`; otherwise every slot gathers its prompt's rows.
+    `ring`: this layer's ring chunks to read, `[(k_RKHT, v_RKTH), ...]` (chunk c of
+    `cache.chunks_read`; each holds T/n columns). The softmax spans the prefix and every chunk;
+    each part is computed on its own and the parts are merged flash-style (rescaled by the
+    largest max). The dots read the cache in its stored layout, batch dimensions (slot or
+    prompt, KV head) first, keys contracted over H (`[., K, H, T]`), values over T
+    (`[., K, T, H]`), so no step transposes a cache. The prefix part reads the prefix table by
+    index: in lock-step (`cache.group_size` = G, slot r decodes a sample of prompt r // G) each
+    prompt's rows are read once for its G slots, whose queries are stacked `[B, K, G*q, H]`;
+    otherwise every slot gathers its prompt's rows.
     """
     R, Q, H = q_RQH.shape
-    K = k_RKHT.shape[1]
+    K = ring[0][0].shape[1]
     scale = H ** -0.5
-    dt = v_RKTH.dtype
+    dt = ring[0][1].dtype
     q_RKqH = q_RQH.reshape(R, K, Q // K, H).astype(dt)
     f32 = jnp.float32
-    s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT, preferred_element_type=f32)
-    m_dec, e_dec, l_dec = _softmax_part(s_dec, cache.ring_visible_RT()[:, None, None, :], scale)
-    o_dec = jnp.einsum("RKqT,RKTH->RKqH", e_dec.astype(dt), v_RKTH, preferred_element_type=f32)
+    parts = []  # (max, normaliser, unnormalised output) of each part, slot layout
+    for chunk, (k_RKHT, v_RKTH) in enumerate(ring):
+        s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT, preferred_element_type=f32)
+        m, e, l = _softmax_part(s_dec, cache.ring_visible(chunk)[:, None, None, :], scale)
+        parts.append((m, l, jnp.einsum("RKqT,RKTH->RKqH", e.astype(dt), v_RKTH,
+                                       preferred_element_type=f32)))
     G = cache.group_size
     if G:
         B = R // G
         s_BKgS = jnp.einsum("BKgH,BKHS->BKgS", _grouped(q_RKqH, B, G),
                             cache.prefix_k_BKHS[layer], preferred_element_type=f32)
-        m_pre, e_BKgS, l_pre = _softmax_part(s_BKgS, cache.prefix_valid_BS[:, None, None, :],
-                                             scale)
+        m, e_BKgS, l = _softmax_part(s_BKgS, cache.prefix_valid_BS[:, None, None, :], scale)
         o_BKgH = jnp.einsum("BKgS,BKSH->BKgH", e_BKgS.astype(dt), cache.prefix_v_BKSH[layer],
                             preferred_element_type=f32)
-        m_pre, l_pre, o_pre = (_ungrouped(x, G) for x in (m_pre, l_pre, o_BKgH))
+        parts.append(tuple(_ungrouped(x, G) for x in (m, l, o_BKgH)))
     else:
         pk_RKHS, pv_RKSH, valid_RS = cache.prefix_for_slots(layer)
         s_pre = jnp.einsum("RKqH,RKHS->RKqS", q_RKqH, pk_RKHS, preferred_element_type=f32)
-        m_pre, e_pre, l_pre = _softmax_part(s_pre, valid_RS[:, None, None, :], scale)
-        o_pre = jnp.einsum("RKqS,RKSH->RKqH", e_pre.astype(dt), pv_RKSH,
-                           preferred_element_type=f32)
-    # Every slot sees at least one prompt token and its own new token: both maxima are real.
-    m = jnp.maximum(m_pre, m_dec)
-    a_pre, a_dec = jnp.exp(m_pre - m), jnp.exp(m_dec - m)
-    out_RKqH = (a_pre * o_pre + a_dec * o_dec) / (a_pre * l_pre + a_dec * l_dec)
-    return out_RKqH.reshape(R, Q, H).astype(q_RQH.dtype)
+        m, e, l = _softmax_part(s_pre, valid_RS[:, None, None, :], scale)
+        parts.append((m, l, jnp.einsum("RKqS,RKSH->RKqH", e.astype(dt), pv_RKSH,
+                                       preferred_element_type=f32)))
+    # Every slot sees at least one prompt token and its own new token, so the largest max is
+    # real; a part with nothing visible (all masked) gets weight exp(-1e30 - m) = 0.
+    m = functools.reduce(jnp.maximum, [p[0] for p in parts])
+    w = [jnp.exp(p[0] - m) for p in parts]
+    num = functools.reduce(jnp.add, [wi * p[2] for wi, p in zip(w, parts)])
+    den = functools.reduce(jnp.add, [wi * p[1] for wi, p in zip(w, parts)])
+    return (num / den).reshape(R, Q, H).astype(q_RQH.dtype)
 
 
 class MLP(nnx.Module):
@@ -223,21 +230,21 @@ class DecoderLayer(nnx.Module):
         return self._mlp_block(x_BTD), (k_BTKH, v_BTKH)
 
     def decode(self, x_R1D, rope, layer: int, cache: KVCache):
-        """One token per slot: writes its K/V into ring column `cache.column` (in place),
-        attends, and returns the layer output and this layer's updated ring arrays. `rope`:
-        the rotary cos/sin of the slots' positions."""
+        """One token per slot: writes its K/V into column `cache.column` of ring chunk
+        `cache.write_chunk` (in place), attends, and returns the layer output and this layer's
+        ring chunks. `rope`: the rotary cos/sin of the slots' positions."""
         h_R1D = rms_norm(x_R1D, self.attn_norm_D[...], self.cfg.norm_eps)
         q_R1QH, k_R1KH, v_R1KH = self.attn.project(h_R1D, None, rope)
-        col = cache.column
-        k_RKHT = jax.lax.dynamic_update_slice(
-            cache.k_RKHT[layer], k_R1KH.transpose(0, 2, 3, 1).astype(cache.k_RKHT[layer].dtype),
-            (0, 0, 0, col))
-        v_RKTH = jax.lax.dynamic_update_slice(
-            cache.v_RKTH[layer], v_R1KH.transpose(0, 2, 1, 3).astype(cache.v_RKTH[layer].dtype),
-            (0, 0, col, 0))
-        attn_RQH = decode_attention(q_R1QH[:, 0], cache, layer, k_RKHT, v_RKTH)
+        ks, vs = list(cache.k_RKHT[layer]), list(cache.v_RKTH[layer])
+        c, col = cache.write_chunk, cache.column
+        ks[c] = jax.lax.dynamic_update_slice(
+            ks[c], k_R1KH.transpose(0, 2, 3, 1).astype(ks[c].dtype), (0, 0, 0, col))
+        vs[c] = jax.lax.dynamic_update_slice(
+            vs[c], v_R1KH.transpose(0, 2, 1, 3).astype(vs[c].dtype), (0, 0, col, 0))
+        ring = list(zip(ks, vs))[:cache.chunks_read]
+        attn_RQH = decode_attention(q_R1QH[:, 0], cache, layer, ring)
         x_R1D = x_R1D + self.attn.output(attn_RQH[:, None])
-        return self._mlp_block(x_R1D), k_RKHT, v_RKTH
+        return self._mlp_block(x_R1D), tuple(ks), tuple(vs)
 
 
 def causal_mask(valid_BT: jnp.ndarray) -> jnp.ndarray:
@@ -319,7 +326,7 @@ class Transformer(nnx.Module):
 
     def decode(self, tokens_R, positions_R, cache: KVCache, rope_table=None):
         """Feed one token per decode slot. Returns logits `[R, V]` and the cache with the
-        tokens' K/V in ring column `cache.column`, `step` and `slot_fed_R` advanced.
+        tokens' K/V written to the ring (`cache.column`), `step` and `slot_fed_R` advanced.
         `rope_table`: `self.rope_table(X)` for positions < X, computed once per decode loop."""
         x_R1D = self.embed(tokens_R[:, None])
         if rope_table is None:
@@ -329,9 +336,9 @@ class Transformer(nnx.Module):
                          for t_XP in rope_table)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x_R1D, k_RKHT, v_RKTH = layer.decode(x_R1D, rope, i, cache)
-            ks.append(k_RKHT)
-            vs.append(v_RKTH)
+            x_R1D, k_chunks, v_chunks = layer.decode(x_R1D, rope, i, cache)
+            ks.append(k_chunks)
+            vs.append(v_chunks)
         cache = cache.replace(k_RKHT=tuple(ks), v_RKTH=tuple(vs), step=cache.step + 1,
                               slot_fed_R=cache.slot_fed_R + 1)
         return self.logits(x_R1D)[:, 0], cache

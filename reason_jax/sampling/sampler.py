@@ -94,6 +94,15 @@ class SamplingParams:
         """P: contiguous blocks of prompts, samples and slots, one per data-parallel shard."""
         return math.prod(self.mesh.shape[a] for a in self.data_axes) if self.mesh else 1
 
+    def ring_chunks(self, num_samples: int) -> int:
+        """Lock-step (R = N) fills the ring's columns in order, so it runs in n phases that
+        each read only the chunks written so far: n = 4 (or 2) chunks of >= 128 columns when
+        T splits so; 1 otherwise (and always with R < N, whose ring wraps around)."""
+        if self.num_slots < num_samples:
+            return 1
+        T = self.max_new_tokens
+        return next((n for n in (4, 2) if T % n == 0 and T // n >= 128), 1)
+
     def phase_slots(self, num_samples: int) -> tuple[int, ...]:
         """Slot counts of the decode phases. Lock-step (R = N): one phase. Otherwise, once the
         queue is empty and at most half the slots are live, the live samples move into half
@@ -252,9 +261,18 @@ class _Loop:
                         **dict(zip(("tokens_NT", "logprobs_NT", "live_R", "token_R"), parts)))
         return self.refill(st)
 
-    def decode(self, st: SamplingState, phases: tuple[int, ...]) -> SamplingState:
-        """One `lax.while_loop` per phase; a phase ends when all samples are done or when the
-        live ones fit in the next phase's slots."""
+    def decode(self, st: SamplingState, phases: tuple[int, ...], chunks: int) -> SamplingState:
+        """One `lax.while_loop` per phase. Lock-step with a chunked ring: phase p decodes steps
+        [p T/n, (p+1) T/n), reading ring chunks 0..p. Otherwise a phase ends when all samples
+        are done or when the live ones fit in the next phase's slots."""
+        if chunks > 1:
+            width = self.T // chunks
+            for p in range(chunks):
+                st = st.replace(cache=st.cache.replace(chunks_read=p + 1))
+                end = (p + 1) * width
+                st = jax.lax.while_loop(
+                    lambda s, end=end: self.running(s) & (s.step < end), self.body, st)
+            return st
         for i, slots in enumerate(phases):
             if i:
                 st = self.compact(st, slots)
@@ -278,14 +296,14 @@ def _sample(sp: SamplingParams, graphdef, state, tokens_BS, lengths_B, limit_N, 
     logits_BV, (k_LBSKH, v_LBSKH) = model.prefill(left_BS, positions_BS, valid_BS)
     cache = KVCache.create(k_LBSKH, v_LBSKH, valid_BS, num_slots=R, max_new_tokens=T,
                            shards=sp.shards, group_size=G if R == N else 0,
-                           dtype=sp.cache_dtype)
+                           ring_chunks=sp.ring_chunks(N), dtype=sp.cache_dtype)
     kv = None if sp.mesh is None else partition_spec(("kv_heads",), ROLLOUT_RULES, sp.mesh,
                                                      (k_LBSKH.shape[3],))[0]
 
     def constrain_cache(c: KVCache) -> KVCache:
         """Ring rows over the data axes, KV heads over `tensor` where the rules say so."""
-        return c.replace(k_RKHT=tuple(sp.constrain(a, kv) for a in c.k_RKHT),
-                         v_RKTH=tuple(sp.constrain(a, kv) for a in c.v_RKTH))
+        return c.replace(k_RKHT=jax.tree.map(lambda a: sp.constrain(a, kv), c.k_RKHT),
+                         v_RKTH=jax.tree.map(lambda a: sp.constrain(a, kv), c.v_RKTH))
 
     limit_N = jnp.full((N,), T, jnp.int32) if limit_N is None else \
         sp.constrain(jnp.clip(limit_N, 1, T).astype(jnp.int32))
@@ -304,7 +322,7 @@ def _sample(sp: SamplingParams, graphdef, state, tokens_BS, lengths_B, limit_N, 
         tokens_NT=sp.constrain(jnp.full((N, T), sp.pad_id, jnp.int32)),
         logprobs_NT=sp.constrain(jnp.zeros((N, T), jnp.float32)),
     )
-    final = loop.decode(loop.refill(init), sp.phase_slots(N))
+    final = loop.decode(loop.refill(init), sp.phase_slots(N), sp.ring_chunks(N))
     # Nothing is written after a sample's first EOS (if pad_id is an EOS id, the pads after
     # a limit count as one only at or beyond the limit).
     eos_NT = jnp.any(final.tokens_NT[..., None] == loop.eos, -1)
