@@ -1,6 +1,6 @@
 """The policy model's forward paths agree with each other: prefill + KV-cache decode (one
 token per decode slot; G rows per prompt reading its prefix once in lock-step or by a
-per-slot gather; slots that start samples at different steps around the ring) equals the
+per-slot gather; slots that start samples at different steps) equals the
 full forward pass; the forward
 pass with parameters sharded over a (data, fsdp, tensor) = (2, 2, 2) mesh equals the
 single-device one; remat changes neither logits nor gradients.
@@ -123,24 +123,23 @@ def _prefilled(model, G):
     (1, True, 1), (3, True, 1), (3, False, 1), (3, True, 2)],
     ids=["G1-lockstep", "G3-lockstep", "G3-gathered-prefix", "G3-lockstep-2-chunks"])
 def test_cached_decode_matches_full_forward(jitted, group_size, lockstep, chunks):
-    """All rows start together (one slot per row), token by token, with more ring columns than
-    tokens (unwritten columns must stay masked); with the ring in 2 chunks, the first half of
-    the steps reads only the first chunk, as lock-step's phases do."""
+    """All rows start together (one slot per row), token by token, with more cache columns
+    than tokens (unwritten columns must stay masked); with the cache in 2 chunks, the first
+    steps skip the second chunk."""
     model, G = jitted, group_size
     k, v, valid_BS, new_NT, full, pos_full = _prefilled(model, G)
     N = new_NT.shape[0]
     cache = KVCache.create(k, v, valid_BS, num_slots=N, max_new_tokens=NEW + 2,
-                           group_size=G if lockstep else 0, ring_chunks=chunks)
+                           group_size=G if lockstep else 0, cache_chunks=chunks)
     cache = cache.assign(jnp.ones(N, bool), jnp.arange(N) // G)
     got = []
     for t in range(NEW):
-        cache = cache.replace(chunks_read=t * chunks // (NEW + 2) + 1)
         logits, cache = model.decode(jnp.asarray(new_NT[:, t]), jnp.asarray(pos_full[:, S + t]),
                                      cache)
         assert logits.shape == (N, VOCAB)
         got.append(np.asarray(logits))
     got = np.stack(got, 1)
-    assert int(cache.step) == NEW and (np.asarray(cache.slot_fed_R) == NEW).all()
+    assert (np.asarray(cache.slot_fed_R) == NEW).all()
     d = _max_diff(got, full[:, S:])
     print(f"\n[cache] G={G} lockstep={lockstep} chunks={chunks}: decode {d:.2e}")
     assert d <= TOL, d
@@ -150,9 +149,9 @@ def test_cached_decode_matches_full_forward(jitted, group_size, lockstep, chunks
 
 
 def test_slots_start_rows_at_any_step(jitted):
-    """Two slots, a ring of exactly NEW columns, rows started at different steps so the ring
-    wraps around, idle steps that feed junk, and prompts gathered per slot: every fed token's
-    logits equal the full forward of its row."""
+    """Two slots with exactly NEW cache columns, rows started at different steps (a new row
+    reuses the columns of the slot's previous one), idle steps that feed junk, and prompts
+    gathered per slot: every fed token's logits equal the full forward of its row."""
     model, G = jitted, 3
     k, v, valid_BS, new_NT, full, pos_full = _prefilled(model, G)
     assert new_NT.shape[0] == 6
@@ -162,7 +161,7 @@ def test_slots_start_rows_at_any_step(jitted):
               for step in ([(None, None)] if r is None else [(r, t) for t in range(NEW)])]
              for plan in plans]
     n_steps = max(len(s) for s in steps)
-    assert n_steps > 2 * NEW  # the ring wraps around
+    assert n_steps > 2 * NEW  # each slot runs several rows
     cache = KVCache.create(k, v, valid_BS, num_slots=2, max_new_tokens=NEW)
     checked = 0
     for step in range(n_steps):

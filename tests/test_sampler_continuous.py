@@ -9,14 +9,15 @@ samples in R slots, a finished slot taking the next waiting sample.
   * The loop does no wasted work: R = N runs max(length) - 1 decode steps (the first token
     comes from prefill, the last is never fed back); R = 1 runs sum(length - 1); with R = 5
     the tail (queue empty, few samples left) runs in fewer slots.
-  * Lock-step at T = 256 reads its ring in two chunks, in two phases: same samples.
+  * T = 256: the slot cache in two chunks, the second read only once reached: lock-step and
+    8 slots agree, log-probs equal a full forward pass's.
   * One compiled program per (bucket, R): new prompts, seeds, temperatures and length limits
     reuse it (XLA compilations counted).
   * Sharded over (data, tensor) = (4, 2) and (data, fsdp, tensor) = (2, 2, 2) meshes with
     R < N, and over 2 JAX processes x 4 devices (launch/local.py): the same tokens as one
     device.
   * `kv_cache_gb` resolves R from the per-device K/V budget (checked by hand), and the
-    compiled program's buffers shrink with R by the ring's size.
+    compiled program's buffers shrink with R by the decode cache's size.
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def _full_logp(params, out, tau):
     pos = np.maximum(np.cumsum(valid, 1) - 1, 0).astype(np.int32)
     logits = jax.jit(lambda st, t, p, v: nnx.merge(graphdef, st)(t, p, v))(state, tokens, pos,
                                                                           valid)
-    S = out.prompt_tokens.shape[1]
-    logp = jax.nn.log_softmax(logits[:, S - 1:S - 1 + T] / tau, -1)
+    S, T_out = out.prompt_tokens.shape[1], out.tokens.shape[1]
+    logp = jax.nn.log_softmax(logits[:, S - 1:S - 1 + T_out] / tau, -1)
     return np.take_along_axis(np.asarray(logp), out.tokens[..., None], -1)[..., 0]
 
 
@@ -154,20 +155,22 @@ def test_forced_lengths_and_step_counts(params, prompts):
         _gen(params, prompts, max_lengths=limits[:3])
 
 
-def test_lockstep_phases_over_ring_chunks(params, prompts):
-    """T = 256: lock-step reads its ring in 2 chunks (the second only from step 128 on); with
-    samples ending at various limits it samples what the unchunked continuous schedule
-    samples."""
+def test_cache_chunks_read_only_when_reached(params, prompts):
+    """T = 256: the slot cache is 2 chunks, the second read only once a sample reaches column
+    128. With samples ending at various limits, lock-step and 8 slots sample the same tokens,
+    and the log-probs equal a full forward pass's."""
     Tl = 256
     assert sampler_mod.SamplingParams(group_size=G, max_new_tokens=Tl,
-                                      num_slots=N).ring_chunks(N) == 2
+                                      num_slots=N).cache_chunks() == 2
     limits = np.random.default_rng(5).integers(1, Tl + 1, size=N).astype(np.int32)
     limits[3] = Tl
     kw = dict(temperature=0.9, seed=2, max_new_tokens=Tl, max_lengths=limits)
     lock = _gen(params, prompts, **kw)
-    assert int(lock.decode_steps) == Tl - 1  # both phases ran
+    assert int(lock.decode_steps) == Tl - 1
     cont = _gen(params, prompts, max_rows=N // 2, **kw)
-    _assert_same(lock, cont, "lock-step (2 ring chunks) vs max_rows=N/2")
+    _assert_same(lock, cont, "lock-step vs max_rows=N/2, 2 cache chunks")
+    want = _full_logp(params, lock, 0.9)
+    np.testing.assert_allclose(lock.logprobs, np.where(lock.mask, want, 0), atol=1e-4, rtol=0)
 
 
 def test_one_program_per_bucket_and_slot_count(params, prompts):
@@ -302,8 +305,8 @@ def test_kv_budget_resolves_slots(params, prompts):
 
 
 def test_compiled_buffers_shrink_with_slots(params):
-    """XLA's own buffer assignment: the program with R = N/4 slots needs the ring bytes of
-    3N/4 slots less than the lock-step one, up to the first tail phase's ring (R/2 slots,
+    """XLA's own buffer assignment: the program with R = N/4 slots needs the decode cache of
+    3N/4 slots less than the lock-step one, up to the first tail phase's cache (R/2 slots,
     alive while the live samples move into it)."""
     graphdef, state = params
     Tl = 64

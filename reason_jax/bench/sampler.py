@@ -100,7 +100,8 @@ def _compiled_temp_bytes(model, g_tokens, g_lengths, **kw) -> int | None:
     return None if stats is None else stats["temp_size_in_bytes"]
 
 
-def _run_mode(gen, iters: int, R: int, prefill_s: float) -> dict:
+def _run_mode(gen, iters: int, R: int, prefill_s: float):
+    """Time `gen(seed, R)`; returns (the mode's measurements, the first call's output)."""
     t0 = time.perf_counter()
     out = common.block(gen(0, R))
     first_s = time.perf_counter() - t0
@@ -124,8 +125,7 @@ def _run_mode(gen, iters: int, R: int, prefill_s: float) -> dict:
         "decode_s": decode_s,
         "decode_step_s": decode_s / max(steps, 1),
         "decode_tokens_per_s": int(lengths.sum()) / decode_s,
-        "_out": out,
-    }
+    }, out
 
 
 def run(args, overrides) -> dict:
@@ -186,15 +186,13 @@ def run(args, overrides) -> dict:
     prefill_s = float(np.median(prefill_times))
 
     sizes = dict(mesh.shape)
-    shards = math.prod(sizes.get(a, 1) for a in ("dcn_data", "data", "fsdp"))
-    tensor = sizes.get("tensor", 1)
     modes, outs = {}, {}
     for name, R in (("lockstep", N), ("continuous", int(max_rows))):
-        m = _run_mode(gen, iters, R, prefill_s)
-        outs[name] = m.pop("_out")
+        m, outs[name] = _run_mode(gen, iters, R, prefill_s)
         cache = memory.kv_cache_bytes(model_cfg, batch_size=B, prompt_len=S,
                                       num_slots=m["slots"], max_new_tokens=T,
-                                      data_shards=shards, tensor=tensor, dtype=cache_dtype)
+                                      data_shards=data_size(mesh),
+                                      tensor=sizes.get("tensor", 1), dtype=cache_dtype)
         m["decode_cache_bytes_per_device"] = cache["ring_bytes"]
         m["prefix_cache_bytes_per_device"] = cache["prefix_bytes"]
         m["xla_temp_bytes_per_device"] = _compiled_temp_bytes(model, g_tokens, g_lengths,

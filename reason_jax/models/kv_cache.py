@@ -6,14 +6,11 @@ finishes a sample takes the next waiting one. The cache therefore has two parts:
   * the **prefix table**: keys/values of the B prompts, written once by prefill. The G
     samples of a prompt never copy them: a slot reads its prompt's rows by index
     (`slot_prompt_R`). Memory: 2·L·B·S·K·H elements, whatever R is.
-  * the **slot ring**: per-slot keys/values of generated tokens, T columns (a sample feeds
-    back at most T - 1 tokens). At decode step `step` every slot writes its new K/V into
-    column `step % T`, so the write is one `dynamic_update_slice` for all slots, in place. A
-    slot whose current sample had j tokens in the ring before this step sees the j + 1
-    columns written in its last j + 1 steps (column c has *age* (step - c) mod T; visible iff
-    age <= j). A slot can take a new sample at any step without clearing anything: older
-    columns are simply outside its age window. Memory: 2·L·R·T·K·H elements, R/N of a
-    lock-step cache.
+  * the **slot cache**: per-slot keys/values of the current sample's generated tokens, T
+    columns (a sample feeds back at most T - 1 tokens): the sample's token j sits in column j
+    (one scatter per step writes every slot's column in place), and a slot sees columns
+    0..fed, so taking a new sample clears nothing: it restarts at column 0. Memory:
+    2·L·R·T·K·H elements, R/N of a lock-step cache.
 
 Layouts are the ones the decode attention dots read, batch dimensions (slot, KV head) first,
 so no step transposes a cache: keys `[R, K, H, T]` (scores contract H), values `[R, K, T, H]`
@@ -21,10 +18,10 @@ so no step transposes a cache: keys `[R, K, H, T]` (scores contract H), values `
 layer is its own array (a tuple over layers, not one `[L, ...]` array): on XLA:CPU slicing a
 layer out of a stacked cache copies the whole layer every step.
 
-The ring of a layer may be split into n chunks of T/n columns (separate arrays, for the same
-reason). Lock-step decoding fills columns in order, so the sampler runs it in n phases: while
-the columns of chunks >= p are still empty, attention reads (and the step writes) only chunks
-< p + 1 (`chunks_read`): on average (n + 1) / 2n of the ring instead of all of it.
+A layer's slot cache may be split into n chunks of T/n columns (separate arrays, for the same
+reason). Attention reads a chunk only if some slot's sample reaches into it (`lax.cond` on the
+largest fed count): lock-step decoding reads on average (n + 1) / 2n of the cache, and slots
+whose samples are all short skip the later chunks.
 
 Sharding: with P data-parallel shards (the mesh's data axes), prompts, samples and slots are
 split into P contiguous blocks; a slot only ever reads prompts of its own block and
@@ -34,7 +31,7 @@ prompt r // G): attention then reads each prompt's prefix rows once for its G sl
 of gathering a copy per slot.
 
 Dimensions: L layers, B prompts, G group size, N = B*G samples, R slots, S prompt slots,
-T max new tokens (= ring columns), K key/value heads, H head dim, P shards.
+T max new tokens (= slot cache columns), K key/value heads, H head dim, P shards.
 """
 
 from __future__ import annotations
@@ -53,21 +50,18 @@ class KVCache:
     prefix_valid_BS: jnp.ndarray  # bool: real prompt token (left padding is False)
     k_RKHT: tuple  # per layer, the T columns as n chunk arrays [R, K, H, T/n]
     v_RKTH: tuple  # per layer, n chunk arrays [R, K, T/n, H]
-    step: jnp.ndarray  # int32 scalar: this decode step writes ring column step % T
     slot_prompt_R: jnp.ndarray  # int32: the prompt a slot reads, indexed within its shard
-    slot_fed_R: jnp.ndarray  # int32: tokens of the slot's current sample already in the ring
+    slot_fed_R: jnp.ndarray  # int32: tokens of the slot's current sample already cached
     shards: int = flax.struct.field(pytree_node=False, default=1)  # P
     group_size: int = flax.struct.field(pytree_node=False, default=0)  # > 0: lock-step
-    # Chunks [0, chunks_read) hold every visible column; this step writes chunk chunks_read - 1.
-    chunks_read: int = flax.struct.field(pytree_node=False, default=1)
 
     @classmethod
     def create(cls, k_LBSKH, v_LBSKH, valid_BS, *, num_slots: int, max_new_tokens: int,
-               shards: int = 1, group_size: int = 0, ring_chunks: int = 1,
+               shards: int = 1, group_size: int = 0, cache_chunks: int = 1,
                dtype: Any = None) -> "KVCache":
-        """Prefix table from a prefill's K/V `[L, B, S, K, H]`, and an empty ring of
-        `num_slots` slots in `ring_chunks` chunks (all read until told otherwise). Every slot
-        starts on prompt 0 of its shard with nothing fed."""
+        """Prefix table from a prefill's K/V `[L, B, S, K, H]`, and an empty slot cache of
+        `num_slots` slots in `cache_chunks` chunks. Every slot starts on prompt 0 of its shard
+        with nothing fed."""
         L, B, _, K, H = k_LBSKH.shape
         dtype = dtype or k_LBSKH.dtype
         if B % shards or num_slots % shards:
@@ -76,9 +70,9 @@ class KVCache:
         if group_size and num_slots != B * group_size:
             raise ValueError(f"lock-step needs one slot per sample ({B * group_size}), "
                              f"got {num_slots}")
-        T, n = int(max_new_tokens), int(ring_chunks)
+        T, n = int(max_new_tokens), int(cache_chunks)
         if T % n:
-            raise ValueError(f"{T} ring columns do not split into {n} chunks")
+            raise ValueError(f"{T} cache columns do not split into {n} chunks")
         return cls(
             prefix_k_BKHS=tuple(k_LBSKH[i].astype(dtype).transpose(0, 2, 3, 1)
                                 for i in range(L)),
@@ -89,12 +83,10 @@ class KVCache:
                          for _ in range(L)),
             v_RKTH=tuple(tuple(jnp.zeros((num_slots, K, T // n, H), dtype) for _ in range(n))
                          for _ in range(L)),
-            step=jnp.zeros((), jnp.int32),
             slot_prompt_R=jnp.zeros((num_slots,), jnp.int32),
             slot_fed_R=jnp.zeros((num_slots,), jnp.int32),
             shards=shards,
             group_size=group_size,
-            chunks_read=n,
         )
 
     @property
@@ -105,37 +97,41 @@ class KVCache:
     def chunk_columns(self) -> int:
         return self.v_RKTH[0][0].shape[2]
 
-    @property
-    def ring_columns(self) -> int:
-        return self.chunk_columns * len(self.v_RKTH[0])
+    def write(self, layer: int, k_RKH, v_RKH):
+        """This layer's chunks with each slot's new K/V in column `slot_fed_R` (the index of
+        the token fed this step), in place; slots past the last column write nothing."""
+        w, R = self.chunk_columns, self.num_slots
+        chunk_R, col_R = self.slot_fed_R // w, self.slot_fed_R % w
+        ks, vs = [], []
+        for c, (k_RKHT, v_RKTH) in enumerate(zip(self.k_RKHT[layer], self.v_RKTH[layer])):
+            rows_R = jnp.where(chunk_R == c, jnp.arange(R), R)  # R: out of range, dropped
+            ks.append(k_RKHT.at[rows_R, :, :, col_R].set(k_RKH.astype(k_RKHT.dtype),
+                                                         mode="drop"))
+            vs.append(v_RKTH.at[rows_R, :, col_R, :].set(v_RKH.astype(v_RKTH.dtype),
+                                                         mode="drop"))
+        return tuple(ks), tuple(vs)
 
-    @property
-    def write_chunk(self) -> int:
-        return self.chunks_read - 1
-
-    @property
-    def column(self) -> jnp.ndarray:
-        """This step's column within `write_chunk`: ring column step % T (the sampler's phases
-        keep it inside that chunk)."""
-        return self.step % self.ring_columns - self.write_chunk * self.chunk_columns
-
-    def ring_visible(self, chunk: int) -> jnp.ndarray:
+    def chunk_visible(self, chunk: int) -> jnp.ndarray:
         """`[R, T/n]`, after this step's write: the chunk's columns that hold the slot's
-        current sample (ring column c has age (step - c) mod T; visible iff the age is at most
-        the tokens the sample had fed before this step)."""
-        T, w = self.ring_columns, self.chunk_columns
-        age = (self.step - chunk * w - jnp.arange(w)) % T
-        return age[None, :] <= self.slot_fed_R[:, None]
+        current sample (columns 0..fed)."""
+        w = self.chunk_columns
+        return (chunk * w + jnp.arange(w))[None, :] <= self.slot_fed_R[:, None]
 
-    def assign(self, take_R, prompt_R) -> "KVCache":
-        """Slots in `take_R` start a new sample of `prompt_R` (shard-local) with nothing fed."""
+    def chunk_needed(self, chunk: int) -> jnp.ndarray:
+        """Whether any slot sees a column of this chunk (scalar bool)."""
+        return jnp.max(self.slot_fed_R) >= chunk * self.chunk_columns
+
+    def assign(self, take_R, prompt_R, live_R=None) -> "KVCache":
+        """Slots in `take_R` start a new sample of `prompt_R` (shard-local) with nothing fed.
+        Slots not in `live_R` (no sample) are reset to nothing fed too, so their junk decodes
+        neither run past the last column nor make attention read chunks nobody needs."""
+        reset_R = take_R if live_R is None else take_R | ~live_R
         return self.replace(slot_prompt_R=jnp.where(take_R, prompt_R, self.slot_prompt_R),
-                            slot_fed_R=jnp.where(take_R, 0, self.slot_fed_R))
+                            slot_fed_R=jnp.where(reset_R, 0, self.slot_fed_R))
 
     def select_slots(self, index_R) -> "KVCache":
         """A cache of the slots `index_R` (shard-local indices, one block per shard) in that
-        order: their ring rows, prompts and fed counts move with them; ring columns keep their
-        ages (the step counter is shared)."""
+        order: their cache rows, prompts and fed counts move with them."""
         def take(x_R):
             return gather_rows(x_R, index_R, self.shards)
 

@@ -147,10 +147,10 @@ def _ungrouped(x_BKg, G: int):
 def decode_attention(q_RQH, cache: KVCache, layer: int, ring):
     """One query per decode slot over its prompt's prefix and its sample's ring columns.
 
-    `ring`: this layer's ring chunks to read, `[(k_RKHT, v_RKTH), ...]` (chunk c of
-    `cache.chunks_read`; each holds T/n columns). The softmax spans the prefix and every chunk;
-    each part is computed on its own and the parts are merged flash-style (rescaled by the
-    largest max). The dots read the cache in its stored layout, batch dimensions (slot or
+    `ring`: this layer's slot-cache chunks `[(k_RKHT, v_RKTH), ...]`, each holding T/n
+    columns; a chunk no slot reaches into is skipped (`lax.cond`). The softmax spans the
+    prefix and every chunk; each part is computed on its own and the parts are merged
+    flash-style (rescaled by the largest max). The dots read the cache in its stored layout, batch dimensions (slot or
     prompt, KV head) first, keys contracted over H (`[., K, H, T]`), values over T
     (`[., K, T, H]`), so no step transposes a cache. The prefix part reads the prefix table by
     index: in lock-step (`cache.group_size` = G, slot r decodes a sample of prompt r // G) each
@@ -165,10 +165,19 @@ def decode_attention(q_RQH, cache: KVCache, layer: int, ring):
     f32 = jnp.float32
     parts = []  # (max, normaliser, unnormalised output) of each part, slot layout
     for chunk, (k_RKHT, v_RKTH) in enumerate(ring):
-        s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT, preferred_element_type=f32)
-        m, e, l = _softmax_part(s_dec, cache.ring_visible(chunk)[:, None, None, :], scale)
-        parts.append((m, l, jnp.einsum("RKqT,RKTH->RKqH", e.astype(dt), v_RKTH,
-                                       preferred_element_type=f32)))
+        def attend(q_RKqH, k_RKHT, v_RKTH, visible_RT):
+            s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT, preferred_element_type=f32)
+            m, e, l = _softmax_part(s_dec, visible_RT[:, None, None, :], scale)
+            return m, l, jnp.einsum("RKqT,RKTH->RKqH", e.astype(dt), v_RKTH,
+                                    preferred_element_type=f32)
+
+        def skip(q_RKqH, k_RKHT, v_RKTH, visible_RT):
+            stat = jnp.full((R, K, Q // K, 1), _MASK_VALUE, f32)
+            return stat, jnp.zeros_like(stat), jnp.zeros((R, K, Q // K, H), f32)
+
+        operands = (q_RKqH, k_RKHT, v_RKTH, cache.chunk_visible(chunk))
+        parts.append(attend(*operands) if chunk == 0 else
+                     jax.lax.cond(cache.chunk_needed(chunk), attend, skip, *operands))
     G = cache.group_size
     if G:
         B = R // G
@@ -230,21 +239,15 @@ class DecoderLayer(nnx.Module):
         return self._mlp_block(x_BTD), (k_BTKH, v_BTKH)
 
     def decode(self, x_R1D, rope, layer: int, cache: KVCache):
-        """One token per slot: writes its K/V into column `cache.column` of ring chunk
-        `cache.write_chunk` (in place), attends, and returns the layer output and this layer's
-        ring chunks. `rope`: the rotary cos/sin of the slots' positions."""
+        """One token per slot: writes its K/V into column `slot_fed_R` of the slot cache (in
+        place), attends, and returns the layer output and this layer's cache chunks. `rope`:
+        the rotary cos/sin of the slots' positions."""
         h_R1D = rms_norm(x_R1D, self.attn_norm_D[...], self.cfg.norm_eps)
         q_R1QH, k_R1KH, v_R1KH = self.attn.project(h_R1D, None, rope)
-        ks, vs = list(cache.k_RKHT[layer]), list(cache.v_RKTH[layer])
-        c, col = cache.write_chunk, cache.column
-        ks[c] = jax.lax.dynamic_update_slice(
-            ks[c], k_R1KH.transpose(0, 2, 3, 1).astype(ks[c].dtype), (0, 0, 0, col))
-        vs[c] = jax.lax.dynamic_update_slice(
-            vs[c], v_R1KH.transpose(0, 2, 1, 3).astype(vs[c].dtype), (0, 0, col, 0))
-        ring = list(zip(ks, vs))[:cache.chunks_read]
-        attn_RQH = decode_attention(q_R1QH[:, 0], cache, layer, ring)
+        ks, vs = cache.write(layer, k_R1KH[:, 0], v_R1KH[:, 0])
+        attn_RQH = decode_attention(q_R1QH[:, 0], cache, layer, list(zip(ks, vs)))
         x_R1D = x_R1D + self.attn.output(attn_RQH[:, None])
-        return self._mlp_block(x_R1D), tuple(ks), tuple(vs)
+        return self._mlp_block(x_R1D), ks, vs
 
 
 def causal_mask(valid_BT: jnp.ndarray) -> jnp.ndarray:
@@ -326,7 +329,7 @@ class Transformer(nnx.Module):
 
     def decode(self, tokens_R, positions_R, cache: KVCache, rope_table=None):
         """Feed one token per decode slot. Returns logits `[R, V]` and the cache with the
-        tokens' K/V written to the ring (`cache.column`), `step` and `slot_fed_R` advanced.
+        tokens' K/V written (column `slot_fed_R` of each slot) and `slot_fed_R` advanced.
         `rope_table`: `self.rope_table(X)` for positions < X, computed once per decode loop."""
         x_R1D = self.embed(tokens_R[:, None])
         if rope_table is None:
@@ -339,7 +342,7 @@ class Transformer(nnx.Module):
             x_R1D, k_chunks, v_chunks = layer.decode(x_R1D, rope, i, cache)
             ks.append(k_chunks)
             vs.append(v_chunks)
-        cache = cache.replace(k_RKHT=tuple(ks), v_RKTH=tuple(vs), step=cache.step + 1,
+        cache = cache.replace(k_RKHT=tuple(ks), v_RKTH=tuple(vs),
                               slot_fed_R=cache.slot_fed_R + 1)
         return self.logits(x_R1D)[:, 0], cache
 

@@ -1,9 +1,9 @@
 """Decode-cache memory per device, and the number of decode slots R a K/V budget allows.
 
 The sampler's cache (`reason_jax.models.KVCache`) is a prefix table of the B prompts,
-`2·L·B·S·K·H` elements, plus a ring of R slots, `2·L·R·T·K·H` elements. Prompts and slots
-are split over the data-parallel axes (P shards), KV heads over `tensor` when it divides
-them. Everything here is computed from shapes: nothing is allocated.
+`2·L·B·S·K·H` elements, plus the decode cache of R slots, `2·L·R·T·K·H` elements. Prompts
+and slots are split over the data-parallel axes (P shards), KV heads over `tensor` when it
+divides them. Everything here is computed from shapes: nothing is allocated.
 
 Dimensions: L layers, B prompts, G group, N = B*G samples, R slots, S prompt bucket,
 T max new tokens, K KV heads, H head dim, P data-parallel shards.
@@ -35,7 +35,7 @@ def kv_cache_bytes(model_cfg, *, batch_size: int, prompt_len: int, num_slots: in
                    max_new_tokens: int, data_shards: int = 1, tensor: int = 1,
                    dtype: Any = None) -> dict[str, int]:
     """Per-device bytes of the sampler's cache: `prefix_bytes` (B/P prompts x S) and
-    `ring_bytes` (R/P slots x T). With R = N this is the lock-step cache."""
+    `ring_bytes` (the decode slots' cache, R/P slots x T). With R = N: the lock-step cache."""
     per = _token_bytes(model_cfg, tensor=tensor, dtype=dtype)
     prefix = per * _ceil_div(batch_size, data_shards) * int(prompt_len)
     ring = per * _ceil_div(num_slots, data_shards) * int(max_new_tokens)

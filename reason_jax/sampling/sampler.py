@@ -1,5 +1,5 @@
-"""The fused group sampler: prefill once per prompt, then continuous-batching decode in one
-`lax.while_loop`, all in one jitted call with no host round trip per token.
+"""The fused group sampler: prefill once per prompt, then continuous-batching decode in
+`lax.while_loop`s, all in one jitted call with no host round trip per token.
 
 For B prompts and group size G it returns the N = B*G samples (rows of one prompt adjacent):
 
@@ -16,6 +16,10 @@ For B prompts and group size G it returns the N = B*G samples (rows of one promp
 4. Sample n's token t is drawn with Gumbel noise from the counter (key, n, t)
    (`processing.gumbel_noise`), so its tokens and log-probs do not depend on R, on the slot
    or the step that produced them, or on the mesh.
+
+5. Phases, each its own `while_loop` over the same step: with R < N, once the queue is empty
+   and at most half the slots are live, the live samples and their cache rows move into R/2
+   slots (then R/4, R/8), so the tail of long samples stops paying for R rows.
 
 No step is wasted on a token whose logits are never read: a sample of length l costs l - 1
 decode steps (its first token comes from the prefill).
@@ -94,12 +98,9 @@ class SamplingParams:
         """P: contiguous blocks of prompts, samples and slots, one per data-parallel shard."""
         return math.prod(self.mesh.shape[a] for a in self.data_axes) if self.mesh else 1
 
-    def ring_chunks(self, num_samples: int) -> int:
-        """Lock-step (R = N) fills the ring's columns in order, so it runs in n phases that
-        each read only the chunks written so far: n = 4 (or 2) chunks of >= 128 columns when
-        T splits so; 1 otherwise (and always with R < N, whose ring wraps around)."""
-        if self.num_slots < num_samples:
-            return 1
+    def cache_chunks(self) -> int:
+        """The slot cache in n chunks that attention reads only when some sample reaches
+        them: 4 (or 2) chunks of >= 128 columns when T splits so, else 1."""
         T = self.max_new_tokens
         return next((n for n in (4, 2) if T % n == 0 and T // n >= 128), 1)
 
@@ -131,13 +132,13 @@ class SamplingState:
     Slot r belongs to shard r // Rp; `sample_R` numbers samples within the shard (global n =
     shard * Np + sample). A slot is *live* while its sample has not ended; it then holds the
     sample's last token (the next decode input), and the sample has `cache.slot_fed_R[r] + 1`
-    tokens, all but the last in the cache's ring. Tokens and log-probs are written per sample
+    tokens, all but the last in its slot's cache. Tokens and log-probs are written per sample
     as they are drawn; nothing is written after a sample ends, so its length is read off its
     tokens at the end (the first EOS id, else its limit)."""
 
     step: jnp.ndarray  # int32: decode steps done
     slot_steps: jnp.ndarray  # int32: sum over steps of the slots decoded (R of each phase)
-    cache: KVCache  # prefix table and ring; also each slot's prompt and fed-token count
+    cache: KVCache  # prefix table and slot cache; each slot's prompt and fed-token count
     sample_R: jnp.ndarray  # int32 [R]: the slot's sample (shard-local)
     token_R: jnp.ndarray  # int32 [R]: the slot's last token
     live_R: jnp.ndarray  # bool [R]
@@ -223,7 +224,7 @@ class _Loop:
         return st.replace(
             sample_R=sample_R,
             next_P=jnp.minimum(st.next_P + free_PR.sum(1), Np),
-            cache=st.cache.assign(take_R, prompt_R),
+            cache=st.cache.assign(take_R, prompt_R, live_R=parts[2]),
             **dict(zip(("tokens_NT", "logprobs_NT", "live_R", "token_R"), parts)))
 
     def running(self, st: SamplingState):
@@ -235,7 +236,7 @@ class _Loop:
         return jnp.all(st.next_P >= self.Np) & jnp.all(live_P <= slots // self.P)
 
     def compact(self, st: SamplingState, slots: int) -> SamplingState:
-        """Move each shard's live samples (and their ring rows) into `slots` slots."""
+        """Move each shard's live samples (and their cache rows) into `slots` slots."""
         P = self.P
         order_PR = jnp.argsort(~st.live_R.reshape(P, -1), axis=1, stable=True)
         keep_R = order_PR[:, :slots // P].reshape(slots)
@@ -261,18 +262,9 @@ class _Loop:
                         **dict(zip(("tokens_NT", "logprobs_NT", "live_R", "token_R"), parts)))
         return self.refill(st)
 
-    def decode(self, st: SamplingState, phases: tuple[int, ...], chunks: int) -> SamplingState:
-        """One `lax.while_loop` per phase. Lock-step with a chunked ring: phase p decodes steps
-        [p T/n, (p+1) T/n), reading ring chunks 0..p. Otherwise a phase ends when all samples
-        are done or when the live ones fit in the next phase's slots."""
-        if chunks > 1:
-            width = self.T // chunks
-            for p in range(chunks):
-                st = st.replace(cache=st.cache.replace(chunks_read=p + 1))
-                end = (p + 1) * width
-                st = jax.lax.while_loop(
-                    lambda s, end=end: self.running(s) & (s.step < end), self.body, st)
-            return st
+    def decode(self, st: SamplingState, phases: tuple[int, ...]) -> SamplingState:
+        """One `lax.while_loop` per phase; a phase ends when all samples are done or when the
+        live ones fit in the next phase's slots."""
         for i, slots in enumerate(phases):
             if i:
                 st = self.compact(st, slots)
@@ -296,12 +288,12 @@ def _sample(sp: SamplingParams, graphdef, state, tokens_BS, lengths_B, limit_N, 
     logits_BV, (k_LBSKH, v_LBSKH) = model.prefill(left_BS, positions_BS, valid_BS)
     cache = KVCache.create(k_LBSKH, v_LBSKH, valid_BS, num_slots=R, max_new_tokens=T,
                            shards=sp.shards, group_size=G if R == N else 0,
-                           ring_chunks=sp.ring_chunks(N), dtype=sp.cache_dtype)
+                           cache_chunks=sp.cache_chunks(), dtype=sp.cache_dtype)
     kv = None if sp.mesh is None else partition_spec(("kv_heads",), ROLLOUT_RULES, sp.mesh,
                                                      (k_LBSKH.shape[3],))[0]
 
     def constrain_cache(c: KVCache) -> KVCache:
-        """Ring rows over the data axes, KV heads over `tensor` where the rules say so."""
+        """Slot rows over the data axes, KV heads over `tensor` where the rules say so."""
         return c.replace(k_RKHT=jax.tree.map(lambda a: sp.constrain(a, kv), c.k_RKHT),
                          v_RKTH=jax.tree.map(lambda a: sp.constrain(a, kv), c.v_RKTH))
 
@@ -322,7 +314,7 @@ def _sample(sp: SamplingParams, graphdef, state, tokens_BS, lengths_B, limit_N, 
         tokens_NT=sp.constrain(jnp.full((N, T), sp.pad_id, jnp.int32)),
         logprobs_NT=sp.constrain(jnp.zeros((N, T), jnp.float32)),
     )
-    final = loop.decode(loop.refill(init), sp.phase_slots(N), sp.ring_chunks(N))
+    final = loop.decode(loop.refill(init), sp.phase_slots(N))
     # Nothing is written after a sample's first EOS (if pad_id is an EOS id, the pads after
     # a limit count as one only at or beyond the limit).
     eos_NT = jnp.any(final.tokens_NT[..., None] == loop.eos, -1)
