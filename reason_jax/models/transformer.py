@@ -3,7 +3,7 @@
 Dimension legend (../shared/DESIGN.md), one meaning per letter:
   B batch of prompts · G samples per prompt · N = B*G samples · R decode slots (rows in
   flight) · S prompt (prefix) length · T tokens of a forward call; in decoding, max new
-  tokens (= the decode ring's columns) · D model width · F MLP hidden · Q query heads ·
+  tokens (= the slot cache's columns) · D model width · F MLP hidden · Q query heads ·
   K key/value heads · q = Q/K query heads per KV head (lower case) · H head dim · V vocab ·
   L layers.
 
@@ -144,27 +144,27 @@ def _ungrouped(x_BKg, G: int):
         B * G, K, g // G, *x_BKg.shape[3:])
 
 
-def decode_attention(q_RQH, cache: KVCache, layer: int, ring):
-    """One query per decode slot over its prompt's prefix and its sample's ring columns.
+def decode_attention(q_RQH, cache: KVCache, layer: int, chunks):
+    """One query per decode slot over its prompt's prefix and its sample's cached tokens.
 
-    `ring`: this layer's slot-cache chunks `[(k_RKHT, v_RKTH), ...]`, each holding T/n
+    `chunks`: this layer's slot-cache chunks `[(k_RKHT, v_RKTH), ...]`, each holding T/n
     columns; a chunk no slot reaches into is skipped (`lax.cond`). The softmax spans the
     prefix and every chunk; each part is computed on its own and the parts are merged
-    flash-style (rescaled by the largest max). The dots read the cache in its stored layout, batch dimensions (slot or
-    prompt, KV head) first, keys contracted over H (`[., K, H, T]`), values over T
-    (`[., K, T, H]`), so no step transposes a cache. The prefix part reads the prefix table by
-    index: in lock-step (`cache.group_size` = G, slot r decodes a sample of prompt r // G) each
-    prompt's rows are read once for its G slots, whose queries are stacked `[B, K, G*q, H]`;
-    otherwise every slot gathers its prompt's rows.
+    flash-style (rescaled by the largest max). The dots read the cache in its stored layout,
+    batch dimensions (slot or prompt, KV head) first, keys contracted over H (`[., K, H, T]`),
+    values over T (`[., K, T, H]`), so no step transposes a cache. The prefix part reads the
+    prefix table by index: in lock-step (`cache.group_size` = G, slot r decodes a sample of
+    prompt r // G) each prompt's rows are read once for its G slots, whose queries are
+    stacked `[B, K, G*q, H]`; otherwise every slot gathers its prompt's rows.
     """
     R, Q, H = q_RQH.shape
-    K = ring[0][0].shape[1]
+    K = chunks[0][0].shape[1]
     scale = H ** -0.5
-    dt = ring[0][1].dtype
+    dt = chunks[0][1].dtype
     q_RKqH = q_RQH.reshape(R, K, Q // K, H).astype(dt)
     f32 = jnp.float32
     parts = []  # (max, normaliser, unnormalised output) of each part, slot layout
-    for chunk, (k_RKHT, v_RKTH) in enumerate(ring):
+    for chunk, (k_RKHT, v_RKTH) in enumerate(chunks):
         def attend(q_RKqH, k_RKHT, v_RKTH, visible_RT):
             s_dec = jnp.einsum("RKqH,RKHT->RKqT", q_RKqH, k_RKHT, preferred_element_type=f32)
             m, e, l = _softmax_part(s_dec, visible_RT[:, None, None, :], scale)
