@@ -27,6 +27,7 @@ import pytest
 from helpers import random_params
 from flax import nnx
 
+from reason_jax import rl
 from reason_jax.models import from_hf
 from reason_jax.models.config import tiny_llama
 from reason_jax.sampling import generate
@@ -95,12 +96,10 @@ def greedy(params, prompts):
 
 
 def _train_layout(out):
-    """SampleOutput -> (tokens_NX, positions_NX, valid_NX): left-padded prompt then the
-    completion, the layout the train step scores."""
-    valid_NX = np.concatenate([out.prompt_valid, out.mask], 1)
-    tokens_NX = np.concatenate([out.prompt_tokens, out.tokens], 1).astype(np.int32)
-    positions_NX = np.maximum(np.cumsum(valid_NX, 1) - 1, 0).astype(np.int32)
-    return tokens_NX, positions_NX, valid_NX
+    """SampleOutput -> (tokens_NX, positions_NX, valid_NX): the layout the train step scores,
+    from its one owner."""
+    return rl.row_layout(np.asarray(out.prompt_tokens), out.prompt_valid,
+                         np.asarray(out.tokens), out.mask)
 
 
 def _full_logp(forward, params, out, tau=1.0):

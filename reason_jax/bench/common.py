@@ -263,28 +263,6 @@ def optimizer_shard_bytes(optimizer, abstract_params, specs, sizes) -> int:
     return int(sum(v for v in jax.tree.leaves(vals) if isinstance(v, (int, np.integer))))
 
 
-
-
-def kv_cache_shard_bytes(model_cfg, B: int, G: int, S: int, T: int, sizes,
-                         dtype=None) -> dict[str, int]:
-    """The sampler's group KV cache per device: prefix [L, B, S, K, H] and decode
-    [L, N, T, K, H], K and V each; rows over the data axes, KV heads over `tensor`."""
-    from reason_jax.sharding.rules import BATCH_AXES
-
-    dtype = jnp.dtype(dtype or model_cfg.param_dtype)
-    L, K, H = model_cfg.num_layers, model_cfg.num_kv_heads, model_cfg.head_dim
-    data = math.prod(sizes.get(a, 1) for a in BATCH_AXES)
-    t = sizes.get("tensor", 1)
-    kdiv = t if K % t == 0 else 1
-    b_loc, n_loc = -(-B // data), -(-(B * G) // data)
-    per = dtype.itemsize * 2 * L * (K // kdiv) * H
-    prefix = per * b_loc * S
-    decode = per * n_loc * T
-    return {"prefix_bytes": prefix, "decode_bytes": decode, "total_bytes": prefix + decode}
-
-
-
-
 def memory_analysis_dict(compiled) -> dict[str, int] | None:
     try:
         m = compiled.memory_analysis()

@@ -220,8 +220,10 @@ def run(args, overrides) -> dict:
     # Roofline bytes per decode step, per device.
     specs = common.param_specs(policy.abstract_params, policy.axes, ROLLOUT_RULES, sizes)
     params_dev = common.tree_shard_bytes(policy.abstract_params, specs, sizes)
-    kv_full = common.kv_cache_shard_bytes(model_cfg, B, G, S, T, sizes, cache_dtype)
-    kv_avg_decode = kv_full["decode_bytes"] / 2
+    kv_full = memory.kv_cache_bytes(model_cfg, batch_size=B, prompt_len=S, num_slots=N,
+                                    max_new_tokens=T, data_shards=data_size(mesh),
+                                    tensor=sizes.get("tensor", 1), dtype=cache_dtype)
+    kv_avg_decode = kv_full["ring_bytes"] / 2
     bytes_step = params_dev + kv_full["prefix_bytes"] + kv_avg_decode
     bytes_step_full = params_dev + kv_full["total_bytes"]
     bw = common.measure_bandwidth()

@@ -22,6 +22,7 @@ import numpy as np
 from reason_jax import rl
 from reason_jax.bench import common
 from reason_jax.config.resolve import rl_optimizer, step_config
+from reason_jax.rl.rollout_batch import bucket_index
 from reason_jax.sharding.host_arrays import rows_sharding, to_global
 from reason_jax.sharding.mesh import data_size, make_mesh
 from reason_jax.sharding.rules import BATCH_AXES, ROLLOUT_RULES, TRAIN_RULES
@@ -85,13 +86,13 @@ def padding_fractions(batch, step_cfg, S: int, T: int) -> dict[str, float]:
     mask_NT = np.asarray(batch["mask_NT"]) > 0
     real = float(np.asarray(batch["valid_NX"]).sum())
     N = mask_NT.shape[0]
-    buckets = np.asarray(rl.length_buckets(T, step_cfg.length_buckets))
+    buckets = rl.length_buckets(T, step_cfg.length_buckets)
     last_N = np.where(mask_NT.any(1), T - np.argmax(mask_NT[:, ::-1], axis=1), 0)
     parts = step_cfg.num_minibatches * step_cfg.micro_batches
     columns = 0.0
     for p in range(parts):  # the step's micro-batch p: rows p, p + parts, ... (split_rows)
         rows = last_N[p::parts]
-        t = buckets[min(np.searchsorted(buckets, rows.max()), len(buckets) - 1)]
+        t = buckets[int(bucket_index(rows.max(), buckets))]
         columns += len(rows) * (S + t)
     return {"before": 1.0 - real / (N * (S + T)), "after": 1.0 - real / columns}
 

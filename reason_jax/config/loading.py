@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from reason_jax import paths
 from reason_jax.config.resolve import step_config
 from reason_jax.config.schema import base_config
 
@@ -30,6 +31,8 @@ def load_config_file(spec: str | None) -> ml_collections.ConfigDict:
         from reason_jax.config.recipes import countdown
 
         return countdown()
+    # A config is Python imported into this process: local only (also so that `:ARG` splits).
+    paths.require_local(spec, "a config file is Python code imported here")
     path, _, arg = spec.partition(":")
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")

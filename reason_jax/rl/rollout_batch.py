@@ -127,6 +127,12 @@ def trim(rows, t: int, T: int):
     return {k: cut(k, v) for k, v in rows.items()}
 
 
+def bucket_index(last, buckets: tuple[int, ...]):
+    """Index of the smallest bucket holding `last` columns (numpy or jax alike)."""
+    xp = np if isinstance(last, (int, np.integer, np.ndarray)) else jnp
+    return xp.minimum(xp.searchsorted(xp.asarray(buckets), last), len(buckets) - 1)
+
+
 def switch_on_length(fn, rows, buckets: tuple[int, ...], T: int):
     """`fn(trim(rows, t))` for the smallest bucket t that holds every masked position of
     `rows` (lax.switch: one compiled branch per bucket, no recompilation, and compute follows
@@ -135,9 +141,8 @@ def switch_on_length(fn, rows, buckets: tuple[int, ...], T: int):
         return fn(rows)
     mask_NT = rows["mask_NT"]
     last = jnp.max(jnp.where(mask_NT > 0, jnp.arange(1, T + 1)[None, :], 0))
-    index = jnp.searchsorted(jnp.asarray(buckets), last)
     branches = [lambda r, t=t: fn(trim(r, t, T)) for t in buckets]
-    return jax.lax.switch(jnp.minimum(index, len(buckets) - 1), branches, rows)
+    return jax.lax.switch(bucket_index(last, buckets), branches, rows)
 
 
 def length_grouped_order(lengths_N, *, num_minibatches: int, micro_batches: int,

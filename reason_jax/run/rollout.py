@@ -45,8 +45,8 @@ def generate_batch(task: Task, cfg, rollout_model, records, key, mesh):
     host = to_local({"tokens": out.tokens, "logprobs": out.logprobs, "mask": out.mask,
                      "lengths": out.lengths, "truncated": out.truncated,
                      "prompt_tokens": out.prompt_tokens, "prompt_valid": out.prompt_valid})
-    host["decode_steps"] = int(out.decode_steps)
-    host["num_slots"] = out.num_slots
+    # Slot-steps paid (global; tail phases decode fewer than R slots): utilisation's divisor.
+    host["slot_steps"] = int(out.slot_steps)
     return host
 
 
@@ -90,7 +90,7 @@ def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, ste
     seen: dict[str, list] = {"rewards": [], "accuracy": [], "lengths": [], "truncated": []}
     status_counts: dict[str, int] = {}
     gen_tokens = 0
-    slot_steps = 0  # decode slots x decode steps, summed over generation batches
+    slot_steps = decoded = 0  # slot-steps paid and tokens drawn by decode steps
     i = 0
     while True:
         records = next(data_iter)
@@ -102,8 +102,9 @@ def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, ste
         t2 = time.perf_counter()
         stats["time/rollout_s"] += t1 - t0
         stats["time/verify_s"] += t2 - t1
-        slot_steps += host.pop("decode_steps") * host.pop("num_slots")
+        slot_steps += host.pop("slot_steps")
         gen_tokens += int(host["lengths"].sum())
+        decoded += int(np.maximum(host["lengths"] - 1, 0).sum())  # the first token is prefill's
         for k in seen:
             seen[k].append(host[k])
         for k, v in counts.items():
@@ -129,8 +130,9 @@ def collect(task, cfg, step_cfg: StepConfig, rollout_model, data_iter, pool, ste
     status_counts = {k: int(gather(np.asarray([v])).sum()) for k, v in
                      sorted(status_counts.items())}
     gen_tokens = int(gather(np.asarray([gen_tokens])).sum())
-    # Generated tokens / (slots x steps): how busy the decode slots were (1 = no idle slot).
-    stats["rollout/slot_utilisation"] = gen_tokens / max(slot_steps, 1)
+    # As `bench sampler` reports it: decode-drawn tokens / slot-steps (1 = no idle slot).
+    stats["rollout/slot_utilisation"] = int(gather(np.asarray([decoded])).sum()) / max(
+        slot_steps, 1)
     stats.update({
         "reward/mean": float(cat["rewards"].mean()),
         "reward/std": float(cat["rewards"].std()),
