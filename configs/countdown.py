@@ -1,4 +1,5 @@
-"""Countdown-3 on a laptop CPU: SFT cold start, then RL with one of five algorithms.
+"""Countdown (four numbers 1-9, a target 0-999) on a laptop CPU: SFT cold start, then RL with
+one of five algorithms.
 
 Run (the default variant is `dapo`, which is also what `reason-jax train` runs with no config):
     reason-jax train --config configs/countdown.py --workdir runs/countdown_dapo

@@ -153,7 +153,9 @@ def test_mis_drops_sequences_from_loss_and_normaliser():
 
 def test_validate_rejects_bad_rl_values():
     for override, match in [("rl.clip_low=1.5", "clip_low"), ("rl.agg=mean", "agg"),
-                            ("rl.filter_metric=score", "filter_metric")]:
+                            ("rl.filter_metric=score", "filter_metric"),
+                            ("data.countdown.numbers=1", "data.countdown.numbers"),
+                            ("data.countdown.max_target=5000", "three digits")]:
         with pytest.raises(ConfigError, match=match):
             validate(load_config(None, [override]))
 

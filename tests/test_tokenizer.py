@@ -47,6 +47,7 @@ def test_countdown_round_trip_exact():
         texts.append(rec["prompt"])
         texts.extend(all_solutions(rec["numbers"], rec["target"]))
     texts += [r["prompt"] for r in eval_problems(50)]
+    texts += [s for r in eval_problems(20) for s in all_solutions(r["numbers"], r["target"])]
     for text in texts:
         if set(text) <= set("0123456789+-*/(),:= "):
             ids = tok.encode(text)

@@ -309,7 +309,7 @@ def test_countdown_accepts_every_builtin_solution():
     """Consistency with the built-in task (reason_jax.data.countdown): every listed solution
     of every held-out problem is accepted, and the prompt-style continuation too."""
     dc = pytest.importorskip("reason_jax.data.countdown")
-    problems = dc.eval_problems()
+    problems = dc.eval_problems(514, spec=dc.CLASSIC_SPEC) + dc.eval_problems(100)
     assert problems
     n = 0
     for rec in problems:

@@ -179,6 +179,13 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         fail("checkpoint.every and checkpoint.keep must be >= 1")
     if cfg.data.task not in ("countdown", "jsonl", "parquet", "seqio"):
         fail(f"data.task={cfg.data.task!r} is not one of countdown, jsonl, parquet, seqio")
+    if cfg.data.task == "countdown":
+        from reason_jax.data.countdown import CountdownSpec
+
+        try:
+            CountdownSpec(**dict(cfg.data.countdown))
+        except ValueError as e:
+            fail(str(e))
     if cfg.data.task in ("jsonl", "parquet") and not cfg.data.path:
         fail(f"data.task={cfg.data.task!r} needs data.path")
     if cfg.verifier.answer_format:

@@ -63,6 +63,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # empty: the task's own (countdown ships a SentencePiece model)
     c.data.buckets = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     c.data.shuffle = True
+    # The built-in task's size (reason_jax.data.countdown.CountdownSpec): four numbers 1-9
+    # give ~28,500 distinct problems, too many to memorise in a CPU run, so RL gains carry
+    # to held-out problems; numbers=3 is the classic 2,072-problem task.
+    c.data.countdown = ml_collections.ConfigDict()
+    c.data.countdown.numbers = 4
+    c.data.countdown.max_number = 9
+    c.data.countdown.max_target = 999
 
     c.rollout = ml_collections.ConfigDict()
     c.rollout.batch_size = 32  # prompts per generation batch (B)

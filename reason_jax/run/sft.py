@@ -22,31 +22,41 @@ from reason_jax.sharding.host_arrays import to_global
 from reason_jax.sharding.hosts import gather
 
 
+_SOFT_CACHE_ENTRIES = 50_000
+
+
 def soft_targets(task: Task, record, target_ids, T: int, cache: dict) -> np.ndarray:
     """[T, V] next-token distributions: at each prefix of the drawn answer, the share of all
     correct answers that continue with each token (EOS where an answer ends). Teaches the
     whole solution set at once instead of one arbitrary member of it."""
     tok = task.tokenizer
-    eos = tok.eos_ids[0]
-    key = task.prompt_text(record)
+    golds = task.all_golds(record)
+    # Keyed by the answer set, not the prompt: the prompt's number order varies, the set not.
+    key = tuple(golds)
     if key not in cache:
-        golds = [tok.encode(g)[: T - 1] + [eos] for g in task.all_golds(record)]
-        arr = np.full((len(golds), T), -1, np.int64)
-        for i, g in enumerate(golds):
+        if len(cache) >= _SOFT_CACHE_ENTRIES:  # an endless stream of problems: stay bounded
+            cache.clear()
+        eos = tok.eos_ids[0]
+        ids = [tok.encode(g)[: T - 1] + [eos] for g in golds]
+        arr = np.full((len(ids), T), -1, np.int64)
+        for i, g in enumerate(ids):
             arr[i, : len(g)] = g
         cache[key] = arr
     golds_GT = cache[key]
-    out = np.zeros((T, tok.vocab_size), np.float32)
-    alive = np.ones(len(golds_GT), bool)
-    for t, tid in enumerate(target_ids):
-        nxt = golds_GT[alive, t]
-        nxt = nxt[nxt >= 0]
-        if len(nxt):
-            out[t] = np.bincount(nxt, minlength=tok.vocab_size)[: tok.vocab_size] / len(nxt)
-        else:
-            out[t, tid] = 1.0
-        alive &= golds_GT[:, t] == tid
-    return out
+    target = np.asarray(target_ids, np.int64)
+    n = len(target)
+    # Gold g is alive at position t when it agrees with the drawn answer on positions < t.
+    agree_GT = golds_GT[:, :n] == target[None, :]
+    alive_GT = np.concatenate([np.ones((len(golds_GT), 1), bool),
+                               np.cumprod(agree_GT, axis=1)[:, :-1].astype(bool)], axis=1)
+    g, t = np.nonzero(alive_GT & (golds_GT[:, :n] >= 0))
+    counts_TV = np.zeros((T, tok.vocab_size), np.float32)
+    np.add.at(counts_TV, (t, golds_GT[g, t]), 1.0)
+    total_T = counts_TV[:n].sum(-1)
+    empty = np.nonzero(total_T == 0)[0]
+    counts_TV[empty, target[empty]] = 1.0
+    counts_TV[:n] /= np.maximum(total_T, 1.0)[:, None]
+    return counts_TV
 
 
 def sft_rows(task: Task, records, rng: np.random.Generator, T: int, buckets,

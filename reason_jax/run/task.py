@@ -35,19 +35,24 @@ def build_task(cfg) -> Task:
         return template.format(prompt=record["prompt"])
 
     if d.task == "countdown":
-        from reason_jax.data.countdown import (CountdownSource, all_solutions, countdown_tokenizer,
-                                                eval_problems)
+        from reason_jax.data.countdown import (CountdownSource, CountdownSpec, all_solutions,
+                                                countdown_tokenizer, eval_problems)
 
+        spec = CountdownSpec(numbers=d.countdown.numbers, max_number=d.countdown.max_number,
+                             max_target=d.countdown.max_target)
         tok = countdown_tokenizer() if not d.tokenizer else _load_tok(d.tokenizer)
 
+        def golds(record):
+            return all_solutions(record["numbers"], record["target"], spec.max_target)
+
         def gold(record, rng):
-            sols = all_solutions(record["numbers"], record["target"])
+            sols = golds(record)
             return sols[int(rng.integers(len(sols)))]
 
-        return Task("countdown", tok, CountdownSource(cfg.seed, "train"),
-                    eval_problems(min(cfg.eval.num_problems, 514), cfg.seed),
+        return Task("countdown", tok, CountdownSource(cfg.seed, "train", spec=spec),
+                    eval_problems(cfg.eval.num_problems, cfg.seed, spec),
                     cfg.verifier.name, prompt_text, shuffle=False, gold_text=gold,
-                    all_golds=lambda r: all_solutions(r["numbers"], r["target"]))
+                    all_golds=golds)
 
     tok_path = d.tokenizer or cfg.model.init_from  # import-hf copies the tokenizer along
     if not tok_path:
