@@ -226,6 +226,19 @@ def test_held_out_eval_while_training_and_eval_step_file(tmp_path):
     assert rows[0]["eval/pass@1"] == pytest.approx(at0["pass@1"])
 
 
+def test_time_budget_counts_the_whole_run_and_ends_with_an_eval(tmp_path):
+    """`time_budget_s` includes SFT and set-up (a run of 10 minutes means 10 minutes): a
+    budget the SFT alone exceeds still trains one RL step, checkpoints it, and measures the
+    held-out eval where the policy stopped."""
+    wd = str(tmp_path / "tb")
+    ev = ["eval.every=2", "eval.num_problems=16", "eval.k=2", "eval.batch_size=8"]
+    train(_cfg("steps=6", "time_budget_s=0.001", *ev), wd)
+    rows = read_metrics(os.path.join(wd, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [0, 1]
+    assert "eval/pass@1" in rows[1]
+    assert os.path.isdir(os.path.join(wd, "checkpoints", "1"))
+
+
 def test_dynamic_sampling_without_informative_groups_skips_then_fails(tmp_path):
     """An untrained policy solves nothing: every group has zero spread. Steps are skipped
     (counted, warned), and only max_skipped_steps in a row stop the run, with a message that

@@ -32,9 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.steps = 400  # RL steps
-    # Stop RL (after a checkpoint) once this much wall time has passed; 0 = off. The default
-    # keeps the built-in CPU recipe (SFT + RL) near 10 minutes on 2 cores.
-    c.time_budget_s = 300.0
+    # Stop RL (after a checkpoint and a last held-out eval) once this much wall time has
+    # passed since `train` started, SFT included; 0 = off. Off here: a pod recipe runs its
+    # steps; the built-in CPU recipe sets 570 s (recipes.countdown).
+    c.time_budget_s = 0.0
 
     c.model = ml_collections.ConfigDict()
     c.model.init_from = ""  # an `import-hf` output dir; empty: the built-in tiny model

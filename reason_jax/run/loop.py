@@ -143,6 +143,7 @@ class Run:
 
 def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     """Run (or resume) RL training. `max_steps` stops early (tests, preemption drills)."""
+    t_start = time.perf_counter()  # `time_budget_s` counts from here: SFT and set-up included
     compile_count()  # start counting before anything compiles
     run = Run(cfg, workdir)
     run.write_run_files()
@@ -178,7 +179,6 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
     base_key = jax.random.key(cfg.seed)
     progress = Progress(cfg.steps, "rl", enabled=run.is_main and cfg.log.progress)
-    t_run = time.perf_counter()
     step = start
     skipped_in_a_row = 0
     # A run shorter than one eval period is a smoke run: `reason-jax eval` measures it.
@@ -217,17 +217,21 @@ def train(cfg, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
             row["compiles"] = compile_count()
             row["throughput/rollout_tokens_per_s"] = stats["rollout_tokens"] / max(
                 stats["time/rollout_s"], 1e-9)
-            if eval_every and ((step + 1) % eval_every == 0 or step + 1 == end):
+            done = step + 1 == end
+            over_budget = bool(cfg.time_budget_s) and (
+                time.perf_counter() - t_start > cfg.time_budget_s)
+            # Read the signal flag once: one arriving between a "save?" and a "stop?" check
+            # would otherwise stop without saving the step it finished.
+            stop = preempt.flag or over_budget
+            # The held-out curve ends where the policy ends, also when the budget stops it
+            # (not on SIGTERM: a preempted host should checkpoint and go).
+            if eval_every and ((step + 1) % eval_every == 0 or done or
+                               (over_budget and not preempt.flag)):
                 row.update(_held_out(run, state.params, pool))
             metrics.write(step + 1, row)
             progress.update(step + 1, reward=row["reward/mean"], acc=row["accuracy"],
                             **{"tok/s": row["throughput/rollout_tokens_per_s"]})
             summary = row
-            done = step + 1 == end
-            over_budget = cfg.time_budget_s and time.perf_counter() - t_run > cfg.time_budget_s
-            # Read the signal flag once: one arriving between a "save?" and a "stop?" check
-            # would otherwise stop without saving the step it finished.
-            stop = preempt.flag or over_budget
             if (step + 1) % cfg.checkpoint.every == 0 or done or stop:
                 run.ckpt.save(step + 1, state, run.meta(step + 1, data_iter.get_state()),
                               force=True)
