@@ -181,3 +181,16 @@ def test_plot_curves_standalone(tmp_path):
     _check_png(out)
     assert not plot_curves([{"step": 1, "unrelated": 1.0}], str(tmp_path / "none.png"))
     assert not (tmp_path / "none.png").exists()
+
+
+def test_writers_in_the_same_second_keep_their_own_files(tmp_path):
+    """tensorboardX names event files by second and host: without our suffix the second
+    writer (a quick resume, or `restart`) replaced the first one's file and its points."""
+    from reason_jax.observe.tensorboard import TensorBoard
+
+    for step in (1, 2, 3):
+        tb = TensorBoard(str(tmp_path))
+        tb.scalars(step, {"accuracy": step / 10})
+        tb.close()
+    assert len(os.listdir(tmp_path)) == 3
+    assert [s for s, _ in read_tb_scalars(str(tmp_path))["accuracy"]] == [1, 2, 3]

@@ -65,12 +65,17 @@ def clean(tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)
 
 
-def _run(program, record=DOUBLE, **kw):
+def _run(program, record=DOUBLE, timeout=TIMEOUT, **kw):
     t = time.monotonic()
-    v = verify(program, record, timeout_s=TIMEOUT, **kw)
+    v = verify(program, record, timeout_s=timeout, **kw)
     dt = time.monotonic() - t
-    assert dt < TIMEOUT + 1.0, dt
+    assert dt < timeout + 1.0, dt
     return v
+
+
+# Programs that should pass get room for several interpreter start-ups on a loaded machine
+# (the budget is shared by all of a sample's cases); the adversarial ones keep TIMEOUT.
+PASSING = 10.0
 
 
 def test_extract_program():
@@ -84,9 +89,9 @@ def test_extract_program():
 
 
 def test_correct_and_wrong(clean):
-    v = _run("```python\nn = int(input())\nprint(n * 2)\n```")
+    v = _run("```python\nn = int(input())\nprint(n * 2)\n```", timeout=PASSING)
     assert v.status == "ok" and v.fraction == 1.0 and v.format_ok
-    v = _run("n = int(input())\nprint(n * 2 if n == 2 else 0)")
+    v = _run("n = int(input())\nprint(n * 2 if n == 2 else 0)", timeout=PASSING)
     assert v.status == "wrong" and v.fraction == 0.5
     v = _run("print(4)", all_or_nothing=True)
     assert v.status == "wrong"
@@ -94,11 +99,11 @@ def test_correct_and_wrong(clean):
 
 def test_assert_style(clean):
     rec = {"test_code": "assert add(2, 3) == 5\nassert add(-1, 1) == 0"}
-    assert _run("def add(a, b):\n    return a + b", rec).status == "ok"
-    assert _run("def add(a, b):\n    return a - b", rec).status == "wrong"
+    assert _run("def add(a, b):\n    return a + b", rec, timeout=PASSING).status == "ok"
+    assert _run("def add(a, b):\n    return a - b", rec, timeout=PASSING).status == "wrong"
     both = dict(DOUBLE, test_code="assert f(3) == 6")
     prog = "import sys\ndef f(n):\n    return 2 * n\ndata = sys.stdin.read().split()\nif data:\n    print(f(int(data[0])))"
-    v = _run(prog, both)
+    v = _run(prog, both, timeout=PASSING)
     assert v.status == "ok" and v.fraction == 1.0
 
 

@@ -12,6 +12,7 @@ uploads the whole event file on each flush (the loop flushes at checkpoints and 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -47,13 +48,22 @@ class _BucketEventFiles:
 
 record_writer.register_writer_factory("gs", _BucketEventFiles())
 
+# tensorboardX names an event file by the second and the host only, and opens it for writing:
+# a second writer in the same second (a resume right after the previous process, or `restart`)
+# would replace the first one's file and its points. Process id and a counter keep them apart.
+_WRITER_IDS = itertools.count()
+
+
+def _writer(logdir: str, **kw) -> SummaryWriter:
+    return SummaryWriter(logdir, filename_suffix=f".{os.getpid()}.{next(_WRITER_IDS)}", **kw)
+
 
 class TensorBoard:
     """Scalar summaries under `logdir` (local or gs://)."""
 
     def __init__(self, logdir: str):
         self.logdir = os.fspath(logdir)
-        self._writer = SummaryWriter(self.logdir)
+        self._writer = _writer(self.logdir)
 
     def scalars(self, step: int, values: Mapping[str, Any]) -> None:
         for tag, value in values.items():
@@ -62,7 +72,7 @@ class TensorBoard:
     def restart(self, step: int) -> None:
         """A resumed run recomputes steps >= `step`: TensorBoard drops its old points there."""
         self._writer.close()
-        self._writer = SummaryWriter(self.logdir, purge_step=int(step))
+        self._writer = _writer(self.logdir, purge_step=int(step))
 
     def flush(self) -> None:
         self._writer.flush()
