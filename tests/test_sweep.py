@@ -238,7 +238,10 @@ def test_report_files_and_arithmetic(tmp_path, fake_program):
     rows = _check_csv(open(os.path.join(root, "results.csv")).read(), [0, 1, 2])
     by = {(r["variant"], r["metric"]): r for r in rows}
     assert {m for _, m in by} == {"pass@1", "pass@2", "maj@2", "greedy", "start_pass@1",
-                                  "gain_pass@1"}
+                                  "gain_pass@1", "start_pass@2", "gain_pass@2"}
+    # pass@2 is pass@1 + 0.1 at both ends in the fake, so its change equals pass@1's gain.
+    assert [float(by[("rl.clip_high=0.35", "gain_pass@2")][f"seed={s}"]) for s in range(3)] == [
+        pytest.approx(0.35)] * 3
     gain = by[("rl.clip_high=0.35", "gain_pass@1")]
     assert gain["rl.clip_high"] == "0.35"
     assert [float(gain[f"seed={s}"]) for s in range(3)] == [pytest.approx(0.35)] * 3

@@ -101,6 +101,11 @@ def run_values(start: Mapping[str, Any] | None, end: Mapping[str, Any]) -> dict[
     if start is not None and start.get("pass@1") is not None:
         out["start_pass@1"] = float(start["pass@1"])
         out["gain_pass@1"] = out["pass@1"] - out["start_pass@1"]
+        # RLVR tends to trade pass@k for pass@1: the change of pass@k says what RL cost.
+        name = f"pass@{k}"
+        if k and k != 1 and name in out and start.get(name) is not None:
+            out[f"start_{name}"] = float(start[name])
+            out[f"gain_{name}"] = out[name] - out[f"start_{name}"]
     return out
 
 
@@ -127,8 +132,11 @@ def metric_names(table) -> list[str]:
     seen = {m for seeds in table.values() for values in seeds.values() for m in values}
     first = ["pass@1"] + sorted(m for m in seen if m.startswith("pass@") and m != "pass@1")
     first += sorted(m for m in seen if m.startswith("maj@"))
+    first = [m for m in first if m in seen]
     rest = [m for m in ("greedy", "start_pass@1", "gain_pass@1") if m in seen]
-    return [m for m in first if m in seen] + rest
+    rest += sorted(m for m in seen if m.startswith("start_pass@") and m != "start_pass@1")
+    rest += sorted(m for m in seen if m.startswith("gain_pass@") and m != "gain_pass@1")
+    return first + rest
 
 
 # ------------------------------------------------------------------------------- writing
@@ -176,7 +184,8 @@ def results_md(sweep: Sweep, table, missing: list[str]) -> str:
     metrics = metric_names(table)
     title = {"greedy": "greedy", "start_pass@1": "start pass@1",
              "gain_pass@1": "RL gain (pass@1)"}
-    head = [title.get(m, m) for m in metrics]
+    head = [title.get(m, m.replace("start_", "start ").replace("gain_", "RL change ("))
+            + (")" if m.startswith("gain_") and m not in title else "") for m in metrics]
     lines = [
         "# Sweep results", "",
         f"Config: `{sweep.config or '(built-in recipe)'}`"
@@ -184,7 +193,8 @@ def results_md(sweep: Sweep, table, missing: list[str]) -> str:
            if sweep.common else "") + ".",
         f"Grid: {_grid_text(sweep.grid)}; seeds: {', '.join(map(str, sweep.seeds))}.", "",
         "Held-out eval at the end of RL (`eval.json`); start = checkpoint 0, the SFT result RL "
-        "starts from (`eval-0.json`); RL gain = end pass@1 - start pass@1. Each cell: mean "
+        "starts from (`eval-0.json`); RL gain = end pass@1 - start pass@1 (likewise the change "
+        "of pass@k). Each cell: mean "
         "[95% interval] over the n seeds (Student t, n - 1 degrees of freedom).", "",
         "| variant | n | " + " | ".join(head) + " |",
         "|---|---|" + "---|" * len(head),
