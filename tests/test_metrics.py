@@ -183,11 +183,17 @@ def test_plot_curves_standalone(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
-def test_writers_in_the_same_second_keep_their_own_files(tmp_path):
+def test_writers_in_the_same_second_keep_their_own_files(tmp_path, monkeypatch):
     """tensorboardX names event files by second and host: without our suffix the second
-    writer (a quick resume, or `restart`) replaced the first one's file and its points."""
+    writer (a quick resume, or `restart`) replaced the first one's file and its points. The
+    names also sort in creation order (TensorBoard reads them so; a purge must come after the
+    points it drops), also when a counter gains a digit."""
+    import itertools
+
+    from reason_jax.observe import tensorboard
     from reason_jax.observe.tensorboard import TensorBoard
 
+    monkeypatch.setattr(tensorboard, "_WRITER_IDS", itertools.count(9))
     for step in (1, 2, 3):
         tb = TensorBoard(str(tmp_path))
         tb.scalars(step, {"accuracy": step / 10})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,12 +51,15 @@ record_writer.register_writer_factory("gs", _BucketEventFiles())
 
 # tensorboardX names an event file by the second and the host only, and opens it for writing:
 # a second writer in the same second (a resume right after the previous process, or `restart`)
-# would replace the first one's file and its points. Process id and a counter keep them apart.
+# would replace the first one's file and its points. TensorBoard reads a run's files in name
+# order, so the suffix keeps creation order too: nanoseconds (fixed width), then the process
+# and a zero-padded counter for writers opened in the same nanosecond.
 _WRITER_IDS = itertools.count()
 
 
 def _writer(logdir: str, **kw) -> SummaryWriter:
-    return SummaryWriter(logdir, filename_suffix=f".{os.getpid()}.{next(_WRITER_IDS)}", **kw)
+    suffix = f".{time.time_ns():020d}.{os.getpid()}.{next(_WRITER_IDS):06d}"
+    return SummaryWriter(logdir, filename_suffix=suffix, **kw)
 
 
 class TensorBoard:
