@@ -38,8 +38,7 @@ def build_task(cfg) -> Task:
         from reason_jax.data.countdown import (CountdownSource, CountdownSpec, all_solutions,
                                                 countdown_tokenizer, eval_problems)
 
-        spec = CountdownSpec(numbers=d.countdown.numbers, max_number=d.countdown.max_number,
-                             max_target=d.countdown.max_target)
+        spec = CountdownSpec(**dict(d.countdown))  # validated the same way by config.validate
         tok = countdown_tokenizer() if not d.tokenizer else _load_tok(d.tokenizer)
 
         def golds(record):

@@ -180,12 +180,19 @@ def _grid_text(grid) -> str:
     return ", ".join(axes) or "none"
 
 
+def _title(metric: str) -> str:
+    """Column heading: `start_pass@8` -> "start pass@8", `gain_pass@1` -> "RL gain (pass@1)",
+    `gain_pass@8` -> "RL change (pass@8)" (pass@k may fall)."""
+    if metric == "gain_pass@1":
+        return "RL gain (pass@1)"
+    if metric.startswith("gain_"):
+        return f"RL change ({metric[len('gain_'):]})"
+    return metric.replace("start_", "start ")
+
+
 def results_md(sweep: Sweep, table, missing: list[str]) -> str:
     metrics = metric_names(table)
-    title = {"greedy": "greedy", "start_pass@1": "start pass@1",
-             "gain_pass@1": "RL gain (pass@1)"}
-    head = [title.get(m, m.replace("start_", "start ").replace("gain_", "RL change ("))
-            + (")" if m.startswith("gain_") and m not in title else "") for m in metrics]
+    head = [_title(m) for m in metrics]
     lines = [
         "# Sweep results", "",
         f"Config: `{sweep.config or '(built-in recipe)'}`"
